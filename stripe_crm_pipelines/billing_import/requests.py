@@ -1,0 +1,168 @@
+"""Parse and validate billing import requests (``queues`` documents) and their Stripe keys.
+
+Everything a run needs from MongoDB passes through here once, so the rest of the import works
+with typed values and an invalid request fails before any write with a message naming the field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from bson import ObjectId
+
+from stripe_crm_pipelines.billing_import.mapping import FieldMapping, MappingError, parse_mappings
+
+IMPORT_SOURCE = "billing-contacts"
+CONTACT_TYPES = {"contacts": "person", "companies": "business"}
+BILLING_APP = "billing"
+
+
+class InvalidImportRequest(ValueError):
+    """An import request or its Stripe key cannot be used; the message names the field."""
+
+
+@dataclass(frozen=True)
+class ImportRequest:
+    id: ObjectId
+    account_id: ObjectId
+    user_id: ObjectId
+    parent_account: ObjectId | None
+    client_id: ObjectId | None
+    import_type: str
+    """``contacts`` or ``companies``, as the request says."""
+    contact_type: str
+    """``person`` or ``business``: the type of the contacts the import matches and creates."""
+    mappings: tuple[FieldMapping, ...]
+    new_contact: bool
+    max_customers: int | None
+    attempts: int
+    checkpoint: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class StripeCredentials:
+    """A connected account's Stripe key; the key itself never appears in repr, str or errors."""
+
+    secret_key: str = field(repr=False)
+    stripe_account: str | None
+
+    def __repr__(self) -> str:
+        return f"StripeCredentials(secret_key='***', stripe_account={self.stripe_account!r})"
+
+    __str__ = __repr__
+
+
+def parse_import_request(document: Mapping[str, Any]) -> ImportRequest:
+    """Validate a ``queues`` document; raises :class:`InvalidImportRequest` naming the field.
+
+    Fields the project adds (``attempts``, ``checkpoint``, ``max_customers``, claim fields) are
+    optional, so requests written by the CRM as the seed describes them are accepted.
+    """
+    if not isinstance(document, Mapping):
+        raise InvalidImportRequest(f"import request must be an object, got {_describe(document)}")
+    source = document.get("source")
+    if source is not None and source != IMPORT_SOURCE:
+        raise InvalidImportRequest(f"source: {source!r} is not {IMPORT_SOURCE!r}")
+    import_type = document.get("type")
+    if not isinstance(import_type, str) or import_type not in CONTACT_TYPES:
+        expected = ", ".join(repr(name) for name in CONTACT_TYPES)
+        shown = "missing" if import_type is None else repr(import_type)
+        raise InvalidImportRequest(f"type: {shown} is not one of {expected}")
+    try:
+        mappings = parse_mappings(document.get("mappings"))
+    except MappingError as error:
+        raise InvalidImportRequest(str(error)) from None
+    checkpoint = document.get("checkpoint")
+    if checkpoint is not None and not isinstance(checkpoint, Mapping):
+        raise InvalidImportRequest(f"checkpoint: must be an object, got {_describe(checkpoint)}")
+    return ImportRequest(
+        id=_object_id(document, "_id"),
+        account_id=_object_id(document, "account_id"),
+        user_id=_object_id(document, "user_id"),
+        parent_account=_object_id(document, "parent_account", required=False),
+        client_id=_object_id(document, "client_id", required=False),
+        import_type=import_type,
+        contact_type=CONTACT_TYPES[import_type],
+        mappings=mappings,
+        new_contact=_new_contact(document.get("new_contact")),
+        max_customers=_integer(document, "max_customers", minimum=1),
+        attempts=_integer(document, "attempts", minimum=0) or 0,
+        checkpoint=None if checkpoint is None else dict(checkpoint),
+    )
+
+
+def billing_key_filter(account_id: ObjectId) -> dict[str, Any]:
+    """The ``stripe_key`` query for an account's billing key; ``connected_apps`` may be an array."""
+    return {"account_id": account_id, "connected_apps": BILLING_APP}
+
+
+def parse_stripe_credentials(
+    document: Mapping[str, Any] | None, account_id: object
+) -> StripeCredentials:
+    """The key and connected account of a ``stripe_key`` document (None: no key connected)."""
+    if document is None:
+        raise InvalidImportRequest(f"account {account_id} has no Stripe key connected for billing")
+    where = f"stripe_key of account {account_id}"
+    token = document.get("token")
+    if token is None:
+        raise InvalidImportRequest(f"{where}: token is missing")
+    if not isinstance(token, Mapping):
+        raise InvalidImportRequest(f"{where}: token must be an object, got {_describe(token)}")
+    secret_key = token.get("access_token")
+    if not isinstance(secret_key, str) or not secret_key.strip():
+        raise InvalidImportRequest(f"{where}: token.access_token {_unusable(secret_key)}")
+    stripe_account = token.get("stripe_user_id")
+    if not isinstance(stripe_account, str) or not stripe_account.strip():
+        raise InvalidImportRequest(f"{where}: token.stripe_user_id {_unusable(stripe_account)}")
+    return StripeCredentials(secret_key=secret_key.strip(), stripe_account=stripe_account.strip())
+
+
+def _object_id(document: Mapping[str, Any], name: str, required: bool = True) -> ObjectId | None:
+    value = document.get(name)
+    if isinstance(value, ObjectId):
+        return value
+    if value is None or value == "":
+        if required:
+            raise InvalidImportRequest(f"{name}: missing (expected an ObjectId)")
+        return None
+    if isinstance(value, str) and ObjectId.is_valid(value):
+        return ObjectId(value)
+    shown = repr(value) if isinstance(value, str) else _describe(value)
+    raise InvalidImportRequest(f"{name}: {shown} is not an ObjectId")
+
+
+def _new_contact(value: object) -> bool:
+    # Missing means "update only", as the seed's falsy check did; anything but a bool is a mistake.
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise InvalidImportRequest(f"new_contact: must be true or false, got {value!r}")
+    return value
+
+
+def _integer(document: Mapping[str, Any], name: str, minimum: int) -> int | None:
+    value = document.get(name)
+    if value is None:
+        return None
+    # Documents written from JavaScript may hold whole numbers as doubles.
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = "a positive integer" if minimum > 0 else "a non-negative integer"
+        raise InvalidImportRequest(f"{name}: must be {kind}, got {value!r}")
+    return value
+
+
+def _unusable(value: object) -> str:
+    """Why a credential field cannot be used, never showing its value."""
+    if value is None:
+        return "is missing"
+    if isinstance(value, str):
+        return "is empty"
+    return f"must be a string, got {_describe(value)}"
+
+
+def _describe(value: object) -> str:
+    return "null" if value is None else type(value).__name__
