@@ -26,6 +26,7 @@ from urllib.parse import unquote, urlparse
 import filelock
 import pymongo
 from pymongo import ASCENDING, DESCENDING, IndexModel
+from pymongo.database import Database
 
 QUEUES = "queues"
 STRIPE_KEYS = "stripe_key"
@@ -95,8 +96,9 @@ def connect(uri: str | None = None):
 
         return _client(resolved, lambda: mongomock.MongoClient(tz_aware=True))[name]
     if scheme == "file":
-        directory = Path(unquote(urlparse(resolved).path))
-        if not directory.is_absolute():
+        parsed = urlparse(resolved)
+        directory = Path(unquote(parsed.path))
+        if parsed.netloc or not directory.is_absolute():
             raise StoreConfigError(f"MONGODB_URI file:// path must be absolute, got {resolved!r}")
         return LockedDatabase(_embedded_database(directory, name), _store_lock(directory))
     raise StoreConfigError(
@@ -124,7 +126,9 @@ def _embedded_database(directory: Path, name: str):
 
 @functools.cache
 def _store_lock(directory: Path) -> filelock.FileLock:
-    return filelock.FileLock(str(directory / ".write.lock"), thread_local=False)
+    # Thread-local contexts: each thread takes the OS lock itself, so threads exclude each other
+    # as processes do.
+    return filelock.FileLock(str(directory / ".write.lock"))
 
 
 class LockedCollection:
@@ -175,8 +179,28 @@ class LockedDatabase:
         return attribute
 
 
+def supports_partial_indexes(db) -> bool:
+    """Whether ``db`` is a real MongoDB. mongomock (and so the embedded store) ignores
+    ``partialFilterExpression``: a partial unique index there would treat every contact lacking
+    the field as a duplicate."""
+    return isinstance(db, Database)
+
+
 def ensure_indexes(db) -> None:
-    """Create the indexes the jobs query by and the ones that keep contacts unique. Idempotent."""
+    """Create the indexes the jobs query by and the ones that keep contacts unique. Idempotent.
+
+    On MongoDB, contacts are unique per account and type by Stripe id and by normalised email
+    (partial unique indexes). mongomock cannot express those, so there the same keys are indexed
+    without ``unique``; the embedded store still converges concurrent upserts because every write
+    holds its inter-process lock.
+    """
+    unique = supports_partial_indexes(db)
+
+    def unique_when_present(field: str) -> dict:
+        if not unique:
+            return {}
+        return {"unique": True, "partialFilterExpression": {field: {"$type": "string"}}}
+
     db[QUEUES].create_indexes(
         [
             IndexModel(
@@ -200,15 +224,13 @@ def ensure_indexes(db) -> None:
                     ("type", ASCENDING),
                     ("stripe_customer_id", ASCENDING),
                 ],
-                name="unique_stripe_customer",
-                unique=True,
-                partialFilterExpression={"stripe_customer_id": {"$type": "string"}},
+                name="by_stripe_customer",
+                **unique_when_present("stripe_customer_id"),
             ),
             IndexModel(
                 [("parent_account", ASCENDING), ("type", ASCENDING), ("email_key", ASCENDING)],
-                name="unique_email_key",
-                unique=True,
-                partialFilterExpression={"email_key": {"$type": "string"}},
+                name="by_email_key",
+                **unique_when_present("email_key"),
             ),
         ]
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import threading
 import time
 import uuid
@@ -18,6 +19,7 @@ from pydantic import Field
 DEFAULT_API_BASE = "https://api.stripe.com"
 RETRYABLE_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
 MAX_RETRY_AFTER_SECONDS = 60.0
+_API_KEY = re.compile(r"\b([sr]k_(?:live|test)_)[A-Za-z0-9_]+")
 
 
 @dataclass
@@ -68,7 +70,7 @@ class RetryingRequestsClient(stripe.RequestsClient):
         headers: Mapping[str, str] | None,
         post_data=None,
         *,
-        _usage=None,
+        _usage=None,  # accepted for the HTTPClient interface; RequestsClient takes none
     ):
         headers = dict(headers or {})
         if method.lower() == "post" and "Idempotency-Key" not in headers:
@@ -79,7 +81,7 @@ class RetryingRequestsClient(stripe.RequestsClient):
                 self._before_request()
             self.stats.add(requests=1)
             try:
-                response = super().request(method, url, headers, post_data, _usage=_usage)
+                response = super().request(method, url, headers, post_data)
             except stripe.APIConnectionError as error:
                 if not error.should_retry or attempt >= self.max_retries:
                     raise
@@ -171,8 +173,15 @@ class StripeResource(ConfigurableResource):
 
 
 def stripe_error_message(error: Any) -> str:
-    """Stripe's own message for an SDK error, without request details or keys."""
+    """Stripe's own message for an SDK error, with anything shaped like an API key redacted."""
     if isinstance(error, stripe.StripeError):
         message = error.user_message or str(error)
-        return f"Stripe {type(error).__name__} (HTTP {error.http_status}): {message}"
-    return str(error)
+        message = f"Stripe {type(error).__name__} (HTTP {error.http_status}): {message}"
+    else:
+        message = str(error)
+    return redact_api_keys(message)
+
+
+def redact_api_keys(text: str) -> str:
+    """``text`` with every Stripe secret or restricted key replaced by its prefix and stars."""
+    return _API_KEY.sub(lambda match: match.group(1) + "****", text)
