@@ -180,9 +180,12 @@ class LockedDatabase:
 
 
 def supports_partial_indexes(db) -> bool:
-    """Whether ``db`` is a real MongoDB. mongomock (and so the embedded store) ignores
-    ``partialFilterExpression``: a partial unique index there would treat every contact lacking
-    the field as a duplicate."""
+    """Whether ``db`` is a real MongoDB, where partial unique indexes are cheap.
+
+    mongomock (and so the embedded store) checks a unique index by scanning the whole collection
+    on every write, which makes a large import several times slower; there the contact keys are
+    indexed without ``unique``.
+    """
     return isinstance(db, Database)
 
 
@@ -190,9 +193,9 @@ def ensure_indexes(db) -> None:
     """Create the indexes the jobs query by and the ones that keep contacts unique. Idempotent.
 
     On MongoDB, contacts are unique per account and type by Stripe id and by normalised email
-    (partial unique indexes). mongomock cannot express those, so there the same keys are indexed
-    without ``unique``; the embedded store still converges concurrent upserts because every write
-    holds its inter-process lock.
+    (partial unique indexes). On mongomock the same keys are indexed without ``unique`` (see
+    :func:`supports_partial_indexes`); the embedded store still converges concurrent upserts,
+    because every write holds its inter-process lock.
     """
     unique = supports_partial_indexes(db)
 

@@ -62,7 +62,7 @@ def test_ensure_indexes_is_idempotent(db):
 
 
 def test_contact_uniqueness_is_partial_on_mongodb_only(db):
-    # mongomock treats a missing field as a duplicate null, so unique stays off there.
+    # Unique indexes on mongomock scan the collection per write, so they stay off there.
     assert not store.supports_partial_indexes(db)
     account = ObjectId()
     db[store.CONTACTS].insert_one({"parent_account": account, "type": "person"})

@@ -1,0 +1,42 @@
+"""The ``billing_contact_import`` job: one run imports one request's Stripe customers."""
+
+from dagster import job
+
+from stripe_crm_pipelines.billing_import.ops import (
+    claim_import_request,
+    record_import_result,
+    sync_customers,
+)
+
+
+@job(
+    description=(
+        "Import a connected Stripe account's customers into CRM contacts for one pending "
+        "`queues` request (source `billing-contacts`). Launched by `billing_import_sensor`; to "
+        "run one by hand, set `ops.claim_import_request.config.import_id`."
+    ),
+    tags={"stripe_crm/job": "billing_contact_import"},
+)
+def billing_contact_import():
+    """claim_import_request → sync_customers → record_import_result.
+
+    * ``claim_import_request`` takes the request atomically (pending and not in progress → in
+      progress, owned by this run), so a request is processed by one run only, and validates it
+      (fields, mappings, type, account) before anything is written. Its output is the request id
+      and the customer limit.
+    * ``sync_customers`` does the work as a stream: fetch one page of 100 customers, map it,
+      match it against the account's contacts with one query and write it with one unordered
+      bulk write, checkpoint counts and cursor on the request, then fetch the next page. No
+      customer list ever leaves the op: Dagster pickles op outputs to storage, so the output is
+      the small :class:`~stripe_crm_pipelines.billing_import.results.ImportOutcome` (counts, the
+      first errors, a sample). The op loads the Stripe key itself and retries transient failures
+      from its checkpoint.
+    * ``record_import_result`` writes the ``contact_import_results`` document, marks the request
+      ``completed`` (kept for audit) and materialises ``crm_contacts/<account id>``, so the asset
+      catalog lists every account's import history. It is separate so that a failure to record
+      is retried on its own without re-fetching from Stripe.
+
+    Any failure after the claim marks the request ``failed`` with the reason, writes a ``failed``
+    result with the counts so far, and fails the run with the same message.
+    """
+    record_import_result(sync_customers(claim_import_request()))

@@ -1,0 +1,253 @@
+"""What an import did: its counts, its ``contact_import_results`` document, its run metadata.
+
+:class:`ImportOutcome` is the one value that travels between ops (Dagster pickles op outputs),
+so it holds counts and a bounded number of error rows and samples, never the customers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from bson import ObjectId
+from dagster import MetadataValue, TableColumn, TableRecord, TableSchema
+
+from stripe_crm_pipelines.billing_import.requests import CONTACT_TYPES
+from stripe_crm_pipelines.billing_import.upsert import (
+    SAMPLE_SIZE,
+    BackfillResult,
+    BatchResult,
+    DuplicateCustomer,
+    ImportErrorEntry,
+)
+from stripe_crm_pipelines.resources.stripe import RequestStats
+
+RESULT_NAME = "stripe"
+MAX_LISTED = 1000
+"""Error and duplicate rows kept in the result document; the counts stay exact beyond it."""
+METADATA_ERROR_ROWS = 20
+
+
+@dataclass
+class ImportOutcome:
+    """Counts of one import, accumulated page by page inside its run."""
+
+    import_id: str
+    account_id: str
+    user_id: str
+    contact_type: str
+    started_at: datetime
+    max_customers: int | None = None
+    records_added: int = 0
+    records_updated: int = 0
+    records_skipped: int = 0
+    import_errors_count: int = 0
+    duplicates: int = 0
+    customers_fetched: int = 0
+    pages_fetched: int = 0
+    email_keys_backfilled: int = 0
+    email_key_conflicts: int = 0
+    limit_reached: bool = False
+    stripe_requests: int = 0
+    stripe_retries: int = 0
+    stripe_throttled: int = 0
+    finished_at: datetime | None = None
+    importerrors: list[dict[str, Any]] = field(default_factory=list)
+    duplicate_customers: list[dict[str, Any]] = field(default_factory=list)
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+    def add_backfill(self, backfill: BackfillResult) -> None:
+        self.email_keys_backfilled += backfill.updated
+        self.email_key_conflicts += backfill.conflicts
+
+    def add_page(self, customers: int, batch: BatchResult) -> None:
+        self.pages_fetched += 1
+        self.customers_fetched += customers
+        self.records_added += batch.added
+        self.records_updated += batch.updated
+        self.records_skipped += batch.skipped
+        self.add_errors(batch.errors)
+        self.add_duplicates(batch.duplicates)
+        self.samples.extend(batch.samples[: SAMPLE_SIZE - len(self.samples)])
+
+    def add_errors(self, errors: list[ImportErrorEntry]) -> None:
+        self.import_errors_count += len(errors)
+        room = MAX_LISTED - len(self.importerrors)
+        self.importerrors.extend(error.as_document() for error in errors[:room])
+
+    def add_duplicates(self, duplicates: list[DuplicateCustomer]) -> None:
+        self.duplicates += len(duplicates)
+        room = MAX_LISTED - len(self.duplicate_customers)
+        self.duplicate_customers.extend(item.as_document() for item in duplicates[:room])
+
+    def record_requests(self, stats: RequestStats) -> None:
+        self.stripe_requests = stats.requests
+        self.stripe_retries = stats.retries
+        self.stripe_throttled = stats.throttled
+
+    def finish(self, now: datetime | None = None) -> None:
+        self.finished_at = now or datetime.now(UTC)
+
+    @property
+    def duration_seconds(self) -> float:
+        end = self.finished_at or datetime.now(UTC)
+        return round((end - self.started_at).total_seconds(), 3)
+
+    def counts(self) -> dict[str, int]:
+        """The counts the result document, the run page and the asset catalog all show."""
+        return {
+            "records_added": self.records_added,
+            "records_updated": self.records_updated,
+            "records_skipped": self.records_skipped,
+            "import_errors_count": self.import_errors_count,
+            "duplicates": self.duplicates,
+            "customers_fetched": self.customers_fetched,
+            "pages_fetched": self.pages_fetched,
+        }
+
+    def checkpoint(self) -> dict[str, Any]:
+        """The progress saved on the request after each page (see :meth:`resume`)."""
+        state = asdict(self)
+        del state["samples"]
+        return state
+
+    @classmethod
+    def resume(cls, checkpoint: dict[str, Any]) -> ImportOutcome:
+        """The outcome as a checkpoint left it, to continue an import after an op retry."""
+        names = {name for name in cls.__dataclass_fields__ if name != "samples"}
+        return cls(**{name: value for name, value in checkpoint.items() if name in names})
+
+
+def outcome_of_document(document: dict[str, Any]) -> ImportOutcome:
+    """The outcome of a request that never got going (malformed, or its run died): the counts
+    its checkpoint saved, else zeros, identified as far as its fields allow."""
+    checkpoint = document.get("checkpoint")
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("outcome"), dict):
+        return ImportOutcome.resume(checkpoint["outcome"])
+    import_type = document.get("type")
+    return ImportOutcome(
+        import_id=str(document["_id"]),
+        account_id=str(document.get("account_id")),
+        user_id=str(document.get("user_id")),
+        contact_type=CONTACT_TYPES.get(import_type, str(import_type))
+        if isinstance(import_type, str)
+        else str(import_type),
+        started_at=datetime.now(UTC),
+    )
+
+
+def result_document(
+    outcome: ImportOutcome, *, status: str, run_id: str, error: str | None = None
+) -> dict[str, Any]:
+    """The ``contact_import_results`` document of an import (``completed`` or ``failed``)."""
+    document: dict[str, Any] = {
+        "status": status,
+        "name": RESULT_NAME,
+        "type": outcome.contact_type,
+        **outcome.counts(),
+        "user_id": _object_id_or_none(outcome.user_id),
+        "account_id": outcome.account_id,
+        "importerrors": list(outcome.importerrors),
+        "duplicate_customers": list(outcome.duplicate_customers),
+        "email_keys_backfilled": outcome.email_keys_backfilled,
+        "email_key_conflicts": outcome.email_key_conflicts,
+        "max_customers": outcome.max_customers,
+        "limit_reached": outcome.limit_reached,
+        "stripe_requests": outcome.stripe_requests,
+        "stripe_retries": outcome.stripe_retries,
+        "stripe_throttled": outcome.stripe_throttled,
+        "import_id": _object_id_or_none(outcome.import_id),
+        "run_id": run_id,
+        "started_at": outcome.started_at,
+        "finished_at": outcome.finished_at,
+    }
+    if error is not None:
+        document["error"] = error
+    return document
+
+
+def completed_request_update(result_id: ObjectId, finished_at: datetime) -> dict[str, Any]:
+    """The update that closes a request whose import finished; the request is kept for audit."""
+    return {
+        "$set": {
+            "status": "completed",
+            "in_progress": False,
+            "finished_at": finished_at,
+            "result_id": result_id,
+        },
+        "$unset": {"error": ""},
+    }
+
+
+def failed_request_update(
+    error: str, finished_at: datetime, result_id: ObjectId | None, *, status: str = "failed"
+) -> dict[str, Any]:
+    """The update that closes a request whose import failed (or was cancelled), with the reason."""
+    return {
+        "$set": {
+            "status": status,
+            "in_progress": False,
+            "error": error,
+            "finished_at": finished_at,
+            "result_id": result_id,
+        }
+    }
+
+
+def run_metadata(outcome: ImportOutcome) -> dict[str, Any]:
+    """What the run page shows for an import: counts, Stripe traffic, errors and a sample."""
+    metadata: dict[str, Any] = {
+        "records_added": MetadataValue.int(outcome.records_added),
+        "records_updated": MetadataValue.int(outcome.records_updated),
+        "records_skipped": MetadataValue.int(outcome.records_skipped),
+        "import_errors": MetadataValue.int(outcome.import_errors_count),
+        "duplicates": MetadataValue.int(outcome.duplicates),
+        "customers_fetched": MetadataValue.int(outcome.customers_fetched),
+        "pages_fetched": MetadataValue.int(outcome.pages_fetched),
+        "email_keys_backfilled": MetadataValue.int(outcome.email_keys_backfilled),
+        "limit_reached": MetadataValue.bool(outcome.limit_reached),
+        "stripe_requests": MetadataValue.int(outcome.stripe_requests),
+        "stripe_retries": MetadataValue.int(outcome.stripe_retries),
+        "stripe_throttled": MetadataValue.int(outcome.stripe_throttled),
+        "duration_seconds": MetadataValue.float(outcome.duration_seconds),
+    }
+    if outcome.max_customers is not None:
+        metadata["max_customers"] = MetadataValue.int(outcome.max_customers)
+    if outcome.importerrors:
+        metadata["first_errors"] = MetadataValue.table(
+            records=[
+                TableRecord(
+                    {
+                        "stripe_customer_id": error["stripe_customer_id"] or "",
+                        "email": error["email"] or "",
+                        "message": error["message"],
+                    }
+                )
+                for error in outcome.importerrors[:METADATA_ERROR_ROWS]
+            ],
+            schema=TableSchema(
+                columns=[
+                    TableColumn("stripe_customer_id", "string"),
+                    TableColumn("email", "string"),
+                    TableColumn("message", "string"),
+                ]
+            ),
+        )
+    if outcome.duplicate_customers:
+        metadata["first_duplicates"] = MetadataValue.json(
+            outcome.duplicate_customers[:METADATA_ERROR_ROWS]
+        )
+    if outcome.samples:
+        metadata["sample_contacts"] = MetadataValue.json(_json_safe(outcome.samples))
+    return metadata
+
+
+def _json_safe(value: Any) -> Any:
+    """ObjectIds and datetimes as strings, so samples render as JSON."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _object_id_or_none(value: str | None) -> ObjectId | None:
+    return ObjectId(value) if value and ObjectId.is_valid(value) else None

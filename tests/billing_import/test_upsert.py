@@ -1,0 +1,399 @@
+"""Matching and bulk-writing one page of customers (upsert.py), against mongomock."""
+
+from __future__ import annotations
+
+import pytest
+from bson import ObjectId
+
+from stripe_crm_pipelines import store
+from stripe_crm_pipelines.billing_import.mapping import parse_mappings
+from stripe_crm_pipelines.billing_import.upsert import (
+    SeenCustomers,
+    UpsertTarget,
+    backfill_email_keys,
+    find_existing_contacts,
+    plan_upserts,
+    upsert_customers,
+)
+
+SEED_MAPPINGS = {
+    "address-street": "address.street",
+    "address-city": "address.city",
+    "address-state": "address.state_province",
+}
+
+
+def enforce_unique_contacts(db) -> None:
+    """The partial unique indexes production MongoDB has on contacts.
+
+    ``store.ensure_indexes`` leaves them off on mongomock; mongomock does honour
+    ``partialFilterExpression`` when the index is made with ``create_index``.
+    """
+    for field in ("stripe_customer_id", "email_key"):
+        db[store.CONTACTS].create_index(
+            [("parent_account", 1), ("type", 1), (field, 1)],
+            name=f"test_unique_{field}",
+            unique=True,
+            partialFilterExpression={field: {"$type": "string"}},
+        )
+
+
+class CountingCollection:
+    """A collection that counts the round trips made through it."""
+
+    def __init__(self, collection):
+        self._collection = collection
+        self.calls: list[str] = []
+
+    def __getattr__(self, name):
+        attribute = getattr(self._collection, name)
+        if callable(attribute):
+
+            def counted(*args, **kwargs):
+                self.calls.append(name)
+                return attribute(*args, **kwargs)
+
+            return counted
+        return attribute
+
+
+def make_target(
+    account_id: ObjectId | None = None,
+    *,
+    contact_type: str = "person",
+    new_contact: bool = True,
+    mappings: dict | None = None,
+) -> UpsertTarget:
+    return UpsertTarget(
+        account_id=account_id or ObjectId(),
+        contact_type=contact_type,
+        user_id=ObjectId(),
+        new_contact=new_contact,
+        mappings=parse_mappings(mappings),
+    )
+
+
+def customer(customer_id: str, email: str | None = None, **fields) -> dict:
+    return {"id": customer_id, "object": "customer", "email": email, **fields}
+
+
+@pytest.fixture
+def contacts(db):
+    enforce_unique_contacts(db)
+    return db[store.CONTACTS]
+
+
+def test_new_customers_are_created_with_owner_type_and_source(contacts):
+    target = make_target(mappings=SEED_MAPPINGS)
+    page = [
+        customer(
+            "cus_123",
+            "test@example.com",
+            address={"line1": "123 Main St", "city": "New York", "state": "NY"},
+        ),
+        customer("cus_124", " Other@Example.com "),
+    ]
+
+    result = upsert_customers(contacts, page, target, SeenCustomers())
+
+    assert (result.added, result.updated, result.skipped, result.errors) == (2, 0, 0, [])
+    created = contacts.find_one({"stripe_customer_id": "cus_123"}, {"_id": 0, "createdAt": 0})
+    assert created == {
+        "parent_account": target.account_id,
+        "type": "person",
+        "email_key": "test@example.com",
+        "owner": target.user_id,
+        "created_by": target.user_id,
+        "source": "stripe",
+        "stripe_customer_id": "cus_123",
+        "email": "test@example.com",
+        "address": {"street": "123 Main St", "city": "New York", "state_province": "NY"},
+    }
+    other = contacts.find_one({"stripe_customer_id": "cus_124"})
+    assert (other["email"], other["email_key"]) == ("Other@Example.com", "other@example.com")
+
+
+def test_existing_contacts_match_by_stripe_id_then_by_email_in_any_case(contacts):
+    target = make_target(mappings={"name": "name", "phone": "phone"})
+    by_id = contacts.insert_one(
+        {**target.scope(), "email": "old@example.com", "email_key": "old@example.com",
+         "stripe_customer_id": "cus_1", "name": "Old Name"}
+    ).inserted_id  # fmt: skip
+    by_email = contacts.insert_one(
+        {**target.scope(), "email": "Jane@Example.com", "email_key": "jane@example.com",
+         "name": "Jane", "phone": "111"}
+    ).inserted_id  # fmt: skip
+    page = [
+        customer("cus_1", "new@example.com", name="New Name"),
+        customer("cus_2", "  JANE@example.COM", name="Jane Doe", phone=None),
+    ]
+
+    result = upsert_customers(contacts, page, target, SeenCustomers())
+
+    assert (result.added, result.updated) == (0, 2)
+    first = contacts.find_one({"_id": by_id})
+    assert first["name"] == "New Name"
+    assert (first["email"], first["email_key"]) == ("new@example.com", "new@example.com")
+    assert first["old_field_values"] == {"email": "old@example.com", "name": "Old Name"}
+    second = contacts.find_one({"_id": by_email})
+    assert second["stripe_customer_id"] == "cus_2"
+    assert second["phone"] == "111", "a missing Stripe value keeps the contact's value"
+    assert second["old_field_values"] == {
+        "email": "Jane@Example.com",
+        "name": "Jane",
+        "phone": "111",
+    }
+    assert contacts.count_documents({}) == 2
+
+
+def test_without_mappings_an_existing_contact_only_gets_its_stripe_id(contacts):
+    target = make_target()
+    contact_id = contacts.insert_one(
+        {**target.scope(), "email": "a@example.com", "email_key": "a@example.com", "name": "A"}
+    ).inserted_id
+
+    result = upsert_customers(
+        contacts, [customer("cus_9", "A@example.com", name="Z")], target, SeenCustomers()
+    )
+
+    assert result.updated == 1
+    assert contacts.find_one({"_id": contact_id}, {"_id": 0}) == {
+        **target.scope(),
+        "email": "a@example.com",
+        "email_key": "a@example.com",
+        "name": "A",
+        "stripe_customer_id": "cus_9",
+    }
+
+
+def test_other_accounts_and_the_other_type_are_never_touched(contacts):
+    target = make_target(mappings={"name": "name"})
+    untouched = [
+        {"parent_account": ObjectId(), "type": "person", "email": "a@example.com",
+         "email_key": "a@example.com", "name": "other account"},
+        {"parent_account": target.account_id, "type": "business", "email": "a@example.com",
+         "email_key": "a@example.com", "stripe_customer_id": "cus_a", "name": "other type"},
+    ]  # fmt: skip
+    contacts.insert_many([dict(doc) for doc in untouched])
+
+    result = upsert_customers(
+        contacts, [customer("cus_a", "a@example.com", name="Imported")], target, SeenCustomers()
+    )
+
+    assert result.added == 1
+    for doc in untouched:
+        assert (
+            contacts.find_one({"parent_account": doc["parent_account"], "type": doc["type"]})[
+                "name"
+            ]
+            == doc["name"]
+        )
+    assert contacts.count_documents(target.scope()) == 1
+
+
+def test_update_only_imports_skip_customers_without_a_contact(contacts):
+    target = make_target(new_contact=False)
+    contacts.insert_one({**target.scope(), "email": "a@example.com", "email_key": "a@example.com"})
+
+    result = upsert_customers(
+        contacts,
+        [customer("cus_a", "a@example.com"), customer("cus_b", "b@example.com")],
+        target,
+        SeenCustomers(),
+    )
+
+    assert (result.added, result.updated, result.skipped) == (0, 1, 1)
+    assert contacts.count_documents({}) == 1
+
+
+def test_a_customer_without_email_is_keyed_by_its_stripe_id_and_found_again(contacts):
+    target = make_target(mappings={"name": "name"})
+
+    first = upsert_customers(contacts, [customer("cus_x", None, name="X")], target, SeenCustomers())
+    again = upsert_customers(contacts, [customer("cus_x", None, name="Y")], target, SeenCustomers())
+
+    assert (first.added, again.added, again.updated) == (1, 0, 1)
+    [contact] = contacts.find(target.scope())
+    assert contact["stripe_customer_id"] == "cus_x"
+    assert contact["name"] == "Y"
+    assert "email_key" not in contact
+    assert "email" not in contact
+
+
+def test_an_existing_email_is_kept_when_stripe_has_none(contacts):
+    target = make_target(mappings={"name": "name"})
+    contacts.insert_one(
+        {**target.scope(), "email": "k@example.com", "email_key": "k@example.com",
+         "stripe_customer_id": "cus_k"}
+    )  # fmt: skip
+
+    upsert_customers(contacts, [customer("cus_k", None, name="K")], target, SeenCustomers())
+
+    contact = contacts.find_one(target.scope())
+    assert (contact["email"], contact["email_key"], contact["name"]) == (
+        "k@example.com",
+        "k@example.com",
+        "K",
+    )
+
+
+def test_duplicate_emails_make_one_contact_and_the_first_customer_wins(contacts):
+    target = make_target(mappings={"name": "name"})
+    seen = SeenCustomers()
+    first_page = [
+        customer("cus_new", "dup@example.com", name="Newest"),
+        customer("cus_mid", "DUP@example.com ", name="Middle"),
+    ]
+    second_page = [customer("cus_old", "dup@EXAMPLE.com", name="Oldest")]
+
+    one = upsert_customers(contacts, first_page, target, seen)
+    two = upsert_customers(contacts, second_page, target, seen)
+
+    assert (one.added, len(one.duplicates), two.added, two.updated) == (1, 1, 0, 0)
+    assert [d.as_document() for d in one.duplicates + two.duplicates] == [
+        {"stripe_customer_id": "cus_mid", "email": "DUP@example.com", "duplicate_of": "cus_new"},
+        {"stripe_customer_id": "cus_old", "email": "dup@EXAMPLE.com", "duplicate_of": "cus_new"},
+    ]
+    [contact] = contacts.find(target.scope())
+    assert (contact["name"], contact["stripe_customer_id"]) == ("Newest", "cus_new")
+
+
+def test_two_customers_resolving_to_one_existing_contact_update_it_once(contacts):
+    target = make_target(mappings={"name": "name"})
+    contacts.insert_one(
+        {**target.scope(), "email": "a@example.com", "email_key": "a@example.com",
+         "stripe_customer_id": "cus_a"}
+    )  # fmt: skip
+    page = [customer("cus_b", "a@example.com", name="B"), customer("cus_a", None, name="A")]
+
+    result = upsert_customers(contacts, page, target, SeenCustomers())
+
+    assert (result.updated, [d.duplicate_of for d in result.duplicates]) == (1, ["cus_b"])
+    assert contacts.find_one(target.scope())["name"] == "B"
+
+
+def test_a_failing_write_is_an_import_error_and_the_rest_of_the_batch_lands(contacts):
+    target = make_target(mappings={"name": "name"})
+    # cus_2 now has the email another contact holds: its update breaks the unique email key.
+    contacts.insert_many(
+        [
+            {**target.scope(), "email": "taken@example.com", "email_key": "taken@example.com"},
+            {**target.scope(), "email": "two@example.com", "email_key": "two@example.com",
+             "stripe_customer_id": "cus_2"},
+        ]
+    )  # fmt: skip
+    page = [
+        customer("cus_1", "one@example.com", name="One"),
+        customer("cus_2", "Taken@example.com", name="Two"),
+        customer("cus_3", "three@example.com", name="Three"),
+    ]
+
+    result = upsert_customers(contacts, page, target, SeenCustomers())
+
+    assert (result.added, result.updated) == (2, 0)
+    [error] = result.errors
+    assert error.stripe_customer_id == "cus_2"
+    assert error.email == "Taken@example.com"
+    assert "already has this email" in error.message
+    assert contacts.count_documents({"stripe_customer_id": {"$in": ["cus_1", "cus_3"]}}) == 2
+
+
+def test_a_customer_that_cannot_be_mapped_is_an_import_error(contacts):
+    target = make_target()
+
+    result = upsert_customers(
+        contacts, [{"email": "no-id@example.com"}, customer("cus_ok", "ok@example.com")], target,
+        SeenCustomers(),
+    )  # fmt: skip
+
+    assert result.added == 1
+    [error] = result.errors
+    assert (error.email, error.stripe_customer_id) == ("no-id@example.com", None)
+    assert "Could not map" in error.message
+
+
+def test_concurrent_imports_converge_on_one_contact(contacts):
+    account = ObjectId()
+    one, two = make_target(account), make_target(account)
+    page = [customer("cus_1", "same@example.com")]
+    plans = [
+        plan_upserts(page, find_existing_contacts(contacts, page, target), target, SeenCustomers())
+        for target in (one, two)
+    ]
+
+    contacts.bulk_write(plans[0].operations, ordered=False)
+    result = contacts.bulk_write(plans[1].operations, ordered=False)
+
+    assert (result.upserted_count, result.matched_count) == (0, 1)
+    assert contacts.count_documents({"parent_account": account}) == 1
+
+
+def test_address_parts_replace_a_null_address_whole(contacts):
+    target = make_target(mappings=SEED_MAPPINGS)
+    contact_id = contacts.insert_one(
+        {**target.scope(), "email": "a@example.com", "email_key": "a@example.com",
+         "address": None}
+    ).inserted_id  # fmt: skip
+    page = [customer("cus_a", "a@example.com", address={"line1": "1 Road", "city": "Paris"})]
+    plan = plan_upserts(page, contacts.find(target.scope()), target, SeenCustomers())
+
+    assert plan.operations[0]._doc["$set"]["address"] == {"street": "1 Road", "city": "Paris"}
+    upsert_customers(contacts, page, target, SeenCustomers())
+    assert contacts.find_one({"_id": contact_id})["address"] == {
+        "street": "1 Road",
+        "city": "Paris",
+    }
+
+
+def test_address_parts_merge_into_an_existing_address(contacts):
+    target = make_target(mappings=SEED_MAPPINGS)
+    contact_id = contacts.insert_one(
+        {**target.scope(), "email": "a@example.com", "email_key": "a@example.com",
+         "address": {"street": "old", "zip": "75001"}}
+    ).inserted_id  # fmt: skip
+
+    upsert_customers(
+        contacts,
+        [customer("cus_a", "a@example.com", address={"line1": "1 Road", "line2": "Flat 2"})],
+        target,
+        SeenCustomers(),
+    )
+
+    contact = contacts.find_one({"_id": contact_id})
+    assert contact["address"] == {"street": "1 Road, Flat 2", "zip": "75001"}
+    assert contact["old_field_values"] == {"email": "a@example.com", "address": {"street": "old"}}
+
+
+def test_one_find_and_one_bulk_write_per_page(contacts):
+    target = make_target(mappings=SEED_MAPPINGS)
+    counting = CountingCollection(contacts)
+    page = [customer(f"cus_{i}", f"c{i}@example.com") for i in range(100)]
+
+    upsert_customers(counting, page, target, SeenCustomers())
+    upsert_customers(counting, page, target, SeenCustomers())
+
+    assert counting.calls == ["find", "bulk_write", "find", "bulk_write"]
+
+
+def test_backfill_gives_other_tools_contacts_an_email_key(contacts):
+    target = make_target()
+    contacts.insert_many(
+        [
+            {**target.scope(), "email": " Mixed@Case.com "},
+            {**target.scope(), "email": "mixed@case.com"},
+            {**target.scope(), "email": ""},
+            {**target.scope(), "email": None},
+            {"parent_account": target.account_id, "type": "business", "email": "b@x.com"},
+        ]
+    )
+
+    backfill = backfill_email_keys(contacts, target)
+
+    assert (backfill.updated, backfill.conflicts) == (1, 1)
+    assert sorted(str(c.get("email_key")) for c in contacts.find(target.scope())) == [
+        "None",
+        "None",
+        "None",
+        "mixed@case.com",
+    ]
+    assert "email_key" not in contacts.find_one({"type": "business"})
