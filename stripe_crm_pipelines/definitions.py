@@ -2,13 +2,20 @@
 
 from dagster import Definitions
 
+from stripe_crm_pipelines.billing_import.job import billing_contact_import
+from stripe_crm_pipelines.billing_import.sensor import billing_import_sensor
+from stripe_crm_pipelines.payment_links.job import create_payment_link
 from stripe_crm_pipelines.resources import MongoResource, StripeResource
+from stripe_crm_pipelines.resources.crm_api import CrmApiResource
+from stripe_crm_pipelines.resources.shortener import ShortenerResource
 
 defs = Definitions(
-    jobs=[],
-    sensors=[],
+    jobs=[billing_contact_import, create_payment_link],
+    sensors=[billing_import_sensor],
     resources={
         "mongo": MongoResource(),
         "stripe": StripeResource(),
+        "shortener": ShortenerResource(),
+        "crm_api": CrmApiResource(),
     },
 )

@@ -1,0 +1,397 @@
+"""The ops of ``create_payment_link``: thin adapters over invoice.py and customers.py.
+
+Each op that calls Stripe loads the account's key from MongoDB itself; the key never travels
+between ops (outputs are pickled to disk) and never reaches config, tags, logs or metadata.
+Every Stripe write carries an idempotency key derived from the run id, so an op retried after a
+lost response replays the same write instead of making a second customer, invoice or item.
+"""
+
+import contextlib
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import stripe as stripe_sdk
+from dagster import (
+    Backoff,
+    Config,
+    Failure,
+    Jitter,
+    MetadataValue,
+    OpExecutionContext,
+    RetryPolicy,
+    op,
+)
+from pydantic import Field
+
+from stripe_crm_pipelines import store
+from stripe_crm_pipelines.billing_import.requests import (
+    InvalidImportRequest,
+    billing_key_filter,
+    parse_stripe_credentials,
+)
+from stripe_crm_pipelines.payment_links.customers import (
+    ResolvedCustomer,
+    crm_api_customer_creator,
+    find_or_create_customer,
+    load_contact,
+    stripe_customer_creator,
+)
+from stripe_crm_pipelines.payment_links.invoice import (
+    IssuedInvoice,
+    PaymentLinkConfigError,
+    PaymentLinkRequest,
+    format_amount,
+    idempotency_key,
+    invoice_item_params,
+    invoice_params,
+    payment_link_document,
+    utc_today,
+    validate_payment_link_request,
+)
+from stripe_crm_pipelines.resources.crm_api import CrmApiError, CrmApiResource
+from stripe_crm_pipelines.resources.mongo import MongoResource
+from stripe_crm_pipelines.resources.shortener import ShortenerResource
+from stripe_crm_pipelines.resources.stripe import (
+    RETRYABLE_STATUSES,
+    StripeResource,
+    stripe_error_message,
+)
+
+NETWORK_RETRY_POLICY = RetryPolicy(
+    max_retries=3, delay=1, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
+)
+
+
+class LineItemConfig(Config):
+    """One invoice line: either ``price_id`` (+ ``quantity``) or ``amount`` + ``description``."""
+
+    price_id: str | None = Field(
+        default=None,
+        description="ID of a saved Stripe price (price_…). Give this or amount, not both.",
+    )
+    amount: int | None = Field(
+        default=None,
+        description="Custom unit price in the currency's minor unit (cents for usd: 1999 is "
+        "$19.99). Give this or price_id, not both; needs a description.",
+    )
+    quantity: int = Field(default=1, description="Number of units, at least 1.")
+    description: str | None = Field(
+        default=None, description="Text of the line on the invoice; required with amount."
+    )
+
+
+class PaymentLinkConfig(Config):
+    """What to bill whom: the Launchpad form of ``create_payment_link``."""
+
+    account_id: str = Field(
+        description="CRM account (24-hex ObjectId) whose connected billing Stripe account "
+        "issues the invoice."
+    )
+    contact_id: str = Field(
+        description="CRM contact (24-hex ObjectId) of that account to bill; its Stripe customer "
+        "is found by email/phone or created."
+    )
+    currency: str = Field(description="ISO 4217 currency code, e.g. usd or eur.")
+    line_items: list[LineItemConfig] = Field(
+        description="Invoice lines (1 to 250): each a price_id, or an amount with a description."
+    )
+    due_date: str = Field(
+        description="Due date, ISO YYYY-MM-DD (today or later, UTC); the invoice is due at the "
+        "end of that day UTC."
+    )
+    description: str | None = Field(
+        default=None,
+        description="Invoice description; default 'Invoice for <contact> — <n> items'.",
+    )
+    user_id: str | None = Field(
+        default=None,
+        description="Only with API_BASE_URL: CRM user (ObjectId) the customer-creation token "
+        "speaks for; default the contact's owner.",
+    )
+    client_id: str | None = Field(
+        default=None,
+        description="Only with API_BASE_URL: OAuth client (ObjectId) of that token; default the "
+        "account's client_id.",
+    )
+
+
+@op(retry_policy=NETWORK_RETRY_POLICY)
+def load_payment_link_request(
+    context: OpExecutionContext, config: PaymentLinkConfig, mongo: MongoResource
+) -> PaymentLinkRequest:
+    """Validate the config, then check the contact and the billing Stripe key exist."""
+    try:
+        request = validate_payment_link_request(
+            account_id=config.account_id,
+            contact_id=config.contact_id,
+            currency=config.currency,
+            line_items=[item.model_dump() for item in config.line_items],
+            due_date=config.due_date,
+            description=config.description,
+            user_id=config.user_id,
+            client_id=config.client_id,
+            today=utc_today(),
+        )
+    except PaymentLinkConfigError as error:
+        raise Failure(
+            description=str(error),
+            metadata={"invalid_fields": MetadataValue.text(", ".join(error.fields))},
+            allow_retries=False,
+        ) from None
+    db = mongo.database()
+    _load_contact(db, request)
+    _stripe_credentials(db, request)
+    context.add_output_metadata(
+        {
+            "line_items": MetadataValue.int(len(request.line_items)),
+            "currency": MetadataValue.text(request.currency),
+            "due_date": MetadataValue.text(request.due_date.isoformat()),
+        }
+    )
+    return request
+
+
+@op(retry_policy=NETWORK_RETRY_POLICY)
+def find_or_create_stripe_customer(
+    context: OpExecutionContext,
+    request: PaymentLinkRequest,
+    mongo: MongoResource,
+    stripe: StripeResource,
+    crm_api: CrmApiResource,
+) -> ResolvedCustomer:
+    """The contact's Stripe customer: linked, searched, listed by email, or created and linked."""
+    db = mongo.database()
+    contact = _load_contact(db, request)
+    client = _stripe_client(db, stripe, request)
+    if crm_api.is_enabled():
+        account = db[store.ACCOUNTS].find_one({"_id": request.account_id})
+        create = crm_api_customer_creator(crm_api, request, contact, account)
+    else:
+        create = stripe_customer_creator(client)
+    step = "finding or creating the Stripe customer"
+    with _failures_from_calls(step, may_retry=_may_retry(context)):
+        resolved = find_or_create_customer(
+            client,
+            db,
+            contact,
+            create=create,
+            idempotency_key=idempotency_key(context.run_id, "customer"),
+        )
+    if not resolved.linked:
+        context.log.warning(
+            f"Stripe customer {resolved.customer_id} is linked to another contact of the "
+            "account; this contact was not linked to it."
+        )
+    context.log.info(f"Billing Stripe customer {resolved.customer_id} ({resolved.found_by}).")
+    context.add_output_metadata(
+        {
+            "stripe_customer_id": MetadataValue.text(resolved.customer_id),
+            "found_by": MetadataValue.text(resolved.found_by),
+        }
+    )
+    return resolved
+
+
+@op(retry_policy=NETWORK_RETRY_POLICY)
+def create_finalized_invoice(
+    context: OpExecutionContext,
+    request: PaymentLinkRequest,
+    customer: ResolvedCustomer,
+    mongo: MongoResource,
+    stripe: StripeResource,
+) -> IssuedInvoice:
+    """Draft invoice, every line item attached to it, then finalised without sending."""
+    client = _stripe_client(mongo.database(), stripe, request)
+    invoice = issue_invoice(
+        client,
+        request,
+        customer,
+        run_id=context.run_id,
+        may_retry=_may_retry(context),
+        log=context.log,
+    )
+    context.add_output_metadata(
+        {
+            "invoice_id": MetadataValue.text(invoice.invoice_id),
+            "status": MetadataValue.text(invoice.status),
+            "amount_due": MetadataValue.int(invoice.amount_due),
+        }
+    )
+    return invoice
+
+
+@op(retry_policy=NETWORK_RETRY_POLICY)
+def publish_payment_link(
+    context: OpExecutionContext,
+    request: PaymentLinkRequest,
+    customer: ResolvedCustomer,
+    invoice: IssuedInvoice,
+    mongo: MongoResource,
+    shortener: ShortenerResource,
+) -> dict:
+    """Shorten the hosted invoice URL (the long one on failure) and save the payment link."""
+    shortened = shortener.shorten(invoice.hosted_invoice_url)
+    if shortened.problem:
+        context.log.warning(f"Keeping the long invoice URL; shortening failed: {shortened.problem}")
+    elif not shortened.shortened:
+        context.log.info("No shortener configured (SHORTENER_URL); keeping the long invoice URL.")
+    document = payment_link_document(
+        request,
+        invoice,
+        customer_id=customer.customer_id,
+        short_url=shortened.url,
+        run_id=context.run_id,
+        created_at=datetime.now(UTC),
+    )
+    mongo.database()[store.PAYMENT_LINKS].update_one(
+        {"invoice_id": invoice.invoice_id}, {"$setOnInsert": document}, upsert=True
+    )
+    context.add_output_metadata(
+        {
+            "invoice_id": MetadataValue.text(invoice.invoice_id),
+            "invoice_number": MetadataValue.text(invoice.number or ""),
+            "amount_due": MetadataValue.int(invoice.amount_due),
+            "amount_due_display": MetadataValue.text(
+                format_amount(invoice.amount_due, invoice.currency)
+            ),
+            "currency": MetadataValue.text(invoice.currency),
+            "hosted_invoice_url": MetadataValue.url(invoice.hosted_invoice_url),
+            "short_url": MetadataValue.url(shortened.url),
+            "stripe_customer_id": MetadataValue.text(customer.customer_id),
+        }
+    )
+    return {
+        **document,
+        "account_id": str(request.account_id),
+        "contact_id": str(request.contact_id),
+    }
+
+
+def issue_invoice(
+    client: stripe_sdk.StripeClient,
+    request: PaymentLinkRequest,
+    customer: ResolvedCustomer,
+    *,
+    run_id: str,
+    may_retry: bool,
+    log,
+) -> IssuedInvoice:
+    """Create the draft, attach every item, finalise without sending.
+
+    A failure after the draft exists deletes it, unless the error is transient and the op will
+    be retried: the retry then replays the same idempotent writes and carries on.
+    """
+    with _failures_from_calls("creating the draft invoice", may_retry=may_retry):
+        draft = client.v1.invoices.create(
+            params=invoice_params(
+                request, customer_id=customer.customer_id, contact_name=customer.contact_name
+            ),
+            options={"idempotency_key": idempotency_key(run_id, "invoice")},
+        )
+    step = "finalizing the invoice"
+    try:
+        for index, item in enumerate(request.line_items):
+            step = f"adding line_items[{index}]"
+            client.v1.invoice_items.create(
+                params=invoice_item_params(
+                    item,
+                    invoice_id=draft.id,
+                    customer_id=customer.customer_id,
+                    currency=request.currency,
+                ),
+                options={"idempotency_key": idempotency_key(run_id, f"item:{index}")},
+            )
+        step = "finalizing the invoice"
+        final = client.v1.invoices.finalize_invoice(
+            draft.id,
+            params={"auto_advance": False},
+            options={"idempotency_key": idempotency_key(run_id, "finalize")},
+        )
+    except stripe_sdk.StripeError as error:
+        if may_retry and _is_transient(error):
+            raise _stripe_failure(error, step, allow_retries=True) from None
+        _delete_draft(client, draft.id, log)
+        raise _stripe_failure(
+            error, f"{step}; the draft invoice {draft.id} was deleted", allow_retries=False
+        ) from None
+    return IssuedInvoice(
+        invoice_id=final.id,
+        number=final.number,
+        hosted_invoice_url=final.hosted_invoice_url,
+        amount_due=final.amount_due,
+        currency=final.currency,
+        status=final.status,
+    )
+
+
+def _delete_draft(client: stripe_sdk.StripeClient, invoice_id: str, log) -> None:
+    try:
+        client.v1.invoices.delete(invoice_id)
+    except stripe_sdk.StripeError as error:
+        log.error(f"Could not delete draft invoice {invoice_id}: {stripe_error_message(error)}")
+
+
+def _load_contact(db, request: PaymentLinkRequest) -> dict:
+    contact = load_contact(db, request.account_id, request.contact_id)
+    if contact is None:
+        raise Failure(
+            description=f"contact_id: contact {request.contact_id} not found in account "
+            f"{request.account_id}",
+            allow_retries=False,
+        )
+    return contact
+
+
+def _stripe_credentials(db, request: PaymentLinkRequest):
+    document = db[store.STRIPE_KEYS].find_one(billing_key_filter(request.account_id))
+    try:
+        return parse_stripe_credentials(document, request.account_id)
+    except InvalidImportRequest as error:
+        raise Failure(description=f"account_id: {error}", allow_retries=False) from None
+
+
+def _stripe_client(db, resource: StripeResource, request: PaymentLinkRequest):
+    credentials = _stripe_credentials(db, request)
+    return resource.client(credentials.secret_key, credentials.stripe_account)
+
+
+def _may_retry(context: OpExecutionContext) -> bool:
+    """Whether the retry policy still allows this op another attempt."""
+    return context.retry_number < NETWORK_RETRY_POLICY.max_retries
+
+
+def _is_transient(error: Exception) -> bool:
+    if isinstance(error, stripe_sdk.APIConnectionError):
+        return True
+    return isinstance(error, stripe_sdk.StripeError) and error.http_status in RETRYABLE_STATUSES
+
+
+def _stripe_failure(error: stripe_sdk.StripeError, step: str, *, allow_retries: bool) -> Failure:
+    if getattr(error, "param", None) == "due_date":
+        return Failure(
+            description=f"due_date: Stripe rejected the due date while {step}: "
+            f"{stripe_error_message(error)}",
+            allow_retries=False,
+        )
+    return Failure(
+        description=f"Stripe failed while {step}: {stripe_error_message(error)}",
+        allow_retries=allow_retries,
+    )
+
+
+@contextlib.contextmanager
+def _failures_from_calls(step: str, *, may_retry: bool) -> Iterator[None]:
+    """Turn Stripe and CRM API errors into Failures; only transient ones may be retried."""
+    try:
+        yield
+    except PaymentLinkConfigError as error:
+        raise Failure(description=str(error), allow_retries=False) from None
+    except stripe_sdk.StripeError as error:
+        raise _stripe_failure(
+            error, step, allow_retries=may_retry and _is_transient(error)
+        ) from None
+    except CrmApiError as error:
+        raise Failure(
+            description=f"CRM API failed while {step}: {error}",
+            allow_retries=may_retry and error.retryable,
+        ) from None
