@@ -6,7 +6,7 @@ import pytest
 
 from stripe_crm_pipelines import store
 
-pytest_plugins = ["tests.sandbox_plugin"]
+pytest_plugins = ["tests.sandbox_plugin", "tests.devstack"]
 
 
 @pytest.fixture
