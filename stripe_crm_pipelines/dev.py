@@ -85,7 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     def stop(*_signal_args) -> None:
         raise KeyboardInterrupt
 
+    # Ctrl-C and SIGTERM both stop everything; installing the SIGINT handler explicitly also
+    # covers launchers that start this process with SIGINT ignored (e.g. `make dev &`).
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     try:
         children.append(
             _start(
