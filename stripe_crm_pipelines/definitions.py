@@ -3,7 +3,11 @@
 from dagster import Definitions
 
 from stripe_crm_pipelines.billing_import.job import billing_contact_import
-from stripe_crm_pipelines.billing_import.sensor import billing_import_sensor
+from stripe_crm_pipelines.billing_import.sensor import (
+    billing_import_cancel_sensor,
+    billing_import_failure_sensor,
+    billing_import_sensor,
+)
 from stripe_crm_pipelines.payment_links.job import create_payment_link
 from stripe_crm_pipelines.resources import MongoResource, StripeResource
 from stripe_crm_pipelines.resources.crm_api import CrmApiResource
@@ -11,7 +15,7 @@ from stripe_crm_pipelines.resources.shortener import ShortenerResource
 
 defs = Definitions(
     jobs=[billing_contact_import, create_payment_link],
-    sensors=[billing_import_sensor],
+    sensors=[billing_import_sensor, billing_import_failure_sensor, billing_import_cancel_sensor],
     resources={
         "mongo": MongoResource(),
         "stripe": StripeResource(),

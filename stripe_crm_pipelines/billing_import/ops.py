@@ -4,13 +4,14 @@ The ops are adapters: parsing lives in ``requests``, mapping in ``mapping``, mat
 writes in ``upsert``, paging in ``fetch``, counts and documents in ``results``. Everything that
 fails after the claim goes through :func:`fail_import`, which marks the request ``failed`` with
 the reason, writes a ``failed`` import result and raises :class:`dagster.Failure` with the same
-message for the run page.
+message for the run page. A request set to ``cancelled`` while it runs, or a run terminated from
+the UI, stops between pages and is closed ``cancelled`` with the counts so far; a run that dies
+without closing its request is recovered by the sensors (see ``recovery``).
 
 The Stripe secret key is read from MongoDB inside :func:`sync_customers`, the only op that calls
 Stripe; it is never an op output, config value, tag, log line or metadata entry.
 """
 
-import itertools
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ from dagster import (
     AssetMaterialization,
     Backoff,
     Config,
+    DagsterExecutionInterruptedError,
     Failure,
     Jitter,
     MetadataValue,
@@ -34,7 +36,26 @@ from pymongo import ReturnDocument
 from pymongo.errors import PyMongoError
 
 from stripe_crm_pipelines import store
-from stripe_crm_pipelines.billing_import.fetch import iter_customer_pages
+from stripe_crm_pipelines.billing_import.fetch import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_FAN_OUT_AFTER_SECONDS,
+    CustomerBatches,
+    FetchSettings,
+    iter_customer_batches,
+)
+from stripe_crm_pipelines.billing_import.rate_limit import (
+    LIVE_REQUESTS_PER_SECOND,
+    TEST_REQUESTS_PER_SECOND,
+    bucket_for_key,
+)
+from stripe_crm_pipelines.billing_import.recovery import (
+    ClaimWatch,
+    ImportCancelled,
+    close_claimed_request,
+    inherited_checkpoint,
+    termination_requested,
+)
 from stripe_crm_pipelines.billing_import.requests import (
     IMPORT_SOURCE,
     ImportRequest,
@@ -46,10 +67,10 @@ from stripe_crm_pipelines.billing_import.requests import (
 from stripe_crm_pipelines.billing_import.results import (
     ImportOutcome,
     completed_request_update,
-    failed_request_update,
     outcome_of_document,
     result_document,
     run_metadata,
+    save_result,
 )
 from stripe_crm_pipelines.billing_import.upsert import (
     SeenCustomers,
@@ -99,6 +120,45 @@ class ImportRunConfig(Config):
     )
 
 
+class SyncCustomersConfig(Config):
+    """How ``sync_customers`` lists Stripe customers; the defaults suit Stripe's own limits."""
+
+    fetch_concurrency: int = Field(
+        default=DEFAULT_CONCURRENCY,
+        ge=1,
+        le=32,
+        description="Windows of `created` seconds listed concurrently after the walk fans out. "
+        "1 walks the customer list sequentially, for servers without `created` filters.",
+    )
+    fan_out_after_seconds: float = Field(
+        default=DEFAULT_FAN_OUT_AFTER_SECONDS,
+        ge=0,
+        description="List sequentially for this long before splitting the rest into windows: "
+        "small accounts finish first and pay no extra request; 0 splits after the first page.",
+    )
+    requests_per_second: float | None = Field(
+        default=None,
+        gt=0,
+        description="Client-side limit on Stripe requests per second, shared by every import "
+        f"of the same key in a process. Empty: {TEST_REQUESTS_PER_SECOND:g} for test keys, "
+        f"{LIVE_REQUESTS_PER_SECOND:g} for live keys (Stripe's defaults).",
+    )
+    write_batch_size: int = Field(
+        default=DEFAULT_BATCH_SIZE,
+        ge=100,
+        le=10_000,
+        description="Customers matched with one query, written with one bulk write and "
+        "checkpointed together once the walk has fanned out (before, each page is one batch).",
+    )
+
+    def fetch_settings(self) -> FetchSettings:
+        return FetchSettings(
+            concurrency=self.fetch_concurrency,
+            fan_out_after_seconds=self.fan_out_after_seconds,
+            batch_size=self.write_batch_size,
+        )
+
+
 @dataclass(frozen=True)
 class ClaimedImport:
     """The claimed request, as passed from ``claim_import_request`` to ``sync_customers``."""
@@ -129,6 +189,11 @@ def claim_import_request(
         },
         return_document=ReturnDocument.AFTER,
     )
+    if document is None:
+        # A claim retried after a lost reply finds its own first try.
+        document = db[store.QUEUES].find_one(
+            {"_id": import_id, "in_progress": True, "claimed_by_run": context.run_id}
+        )
     if document is None:
         raise Failure(
             description=_not_claimable(db, import_id),
@@ -168,13 +233,15 @@ def claim_import_request(
 
 
 @op(
-    description="Stream the connected account's Stripe customers page by page (100 per page): "
-    "map each page, match it to contacts and write it with one bulk write, then checkpoint the "
-    "counts and cursor on the request. Outputs only the counts.",
+    description="Stream the connected account's Stripe customers (100 per page; large accounts "
+    "as concurrent `created` windows under a per-key rate limit): map each batch, match it to "
+    "contacts with one query and write it with one bulk write, then checkpoint the counts and "
+    "cursor on the request. Outputs only the counts.",
     retry_policy=SYNC_RETRY_POLICY,
 )
 def sync_customers(
     context: OpExecutionContext,
+    config: SyncCustomersConfig,
     claimed: ClaimedImport,
     mongo: MongoResource,
     stripe: StripeResource,
@@ -193,8 +260,10 @@ def sync_customers(
             outcome_of_document(document),
         )
 
-    checkpoint = request.checkpoint or {}
-    resuming = checkpoint.get("run_id") == context.run_id
+    # The claim cleared any older checkpoint: what is left is this run's own (an op retry) or
+    # the one a dead attempt left for this run to resume from (see recovery.requeue_update).
+    checkpoint = request.checkpoint or inherited_checkpoint(document) or {}
+    resuming = bool(checkpoint)
     if resuming:
         outcome = ImportOutcome.resume(checkpoint["outcome"])
         context.log.info(
@@ -214,10 +283,49 @@ def sync_customers(
         fail_import(context, db, import_id, str(error), outcome)
 
     stats = RequestStats()
-    client = stripe.client(credentials.secret_key, credentials.stripe_account, stats=stats)
+    limiter = bucket_for_key(credentials.secret_key, config.requests_per_second)
+    client = stripe.client(
+        credentials.secret_key,
+        credentials.stripe_account,
+        stats=stats,
+        before_request=limiter.acquire,
+    )
     try:
-        _sync_pages(context, db, request, outcome, client, checkpoint if resuming else None)
+        with ClaimWatch(mongo.database, import_id, context.run_id) as watch:
+            watch.raise_if_stopped()
+            _sync_pages(
+                context,
+                db,
+                request,
+                outcome,
+                client,
+                checkpoint if resuming else None,
+                watch,
+                config.fetch_settings(),
+            )
     except Failure:
+        raise
+    except ImportCancelled:
+        outcome.record_requests(stats)
+        fail_import(
+            context,
+            db,
+            import_id,
+            f"Cancelled on request after {_progress(outcome)}",
+            outcome,
+            status="cancelled",
+        )
+    except (DagsterExecutionInterruptedError, KeyboardInterrupt):
+        # Terminated from the UI: close as cancelled with the exact counts. Any other interrupt
+        # (a preempted worker) leaves the request claimed for recovery to queue it again.
+        if termination_requested(context.instance, context.run_id):
+            outcome.record_requests(stats)
+            outcome.finish()
+            message = f"Run terminated; import cancelled after {_progress(outcome)}"
+            close_claimed_request(
+                db, import_id, context.run_id, outcome, status="cancelled", message=message
+            )
+            context.log.warning(f"Import {import_id} cancelled: {message}")
         raise
     except Exception as error:
         outcome.record_requests(stats)
@@ -285,22 +393,20 @@ def fail_import(
     message: str,
     outcome: ImportOutcome,
     *,
+    status: str = "failed",
     cause: BaseException | None = None,
 ) -> NoReturn:
-    """Close a claimed request as ``failed`` with ``message`` and fail the op with it.
+    """Close a claimed request as ``failed`` (or ``cancelled``) with ``message`` and fail the op
+    with it.
 
     ``cause`` (an unexpected exception) stays attached for its traceback; expected errors are
     fully described by ``message``.
     """
     outcome.finish()
-    result_id = save_result(
-        db, result_document(outcome, status="failed", run_id=context.run_id, error=message)
+    result_id = close_claimed_request(
+        db, import_id, context.run_id, outcome, status=status, message=message
     )
-    db[store.QUEUES].update_one(
-        {"_id": import_id, "claimed_by_run": context.run_id},
-        failed_request_update(message, outcome.finished_at, result_id),
-    )
-    context.log.error(f"Import {import_id} failed: {message}")
+    context.log.error(f"Import {import_id} {status}: {message}")
     raise Failure(
         description=message,
         metadata={
@@ -319,8 +425,12 @@ def _sync_pages(
     outcome: ImportOutcome,
     client: stripe.StripeClient,
     checkpoint: dict[str, Any] | None,
+    watch: ClaimWatch,
+    settings: FetchSettings,
 ) -> None:
-    """Fetch → map → match → bulk write → checkpoint, one page at a time."""
+    """Fetch → map → match → bulk write → checkpoint, one batch at a time (a page, or
+    ``settings.batch_size`` customers once the walk fans out); between batches, stop if ``watch``
+    says the request was cancelled or taken over."""
     contacts = db[store.CONTACTS]
     target = UpsertTarget(
         account_id=request.account_id,
@@ -330,43 +440,52 @@ def _sync_pages(
         mappings=request.mappings,
     )
     seen = SeenCustomers()
+    limit = outcome.max_customers or DEFAULT_MAX_CUSTOMERS
     if checkpoint is None:
         created_lte, cursor = int(time.time()), None
-        outcome.add_backfill(backfill_email_keys(contacts, target))
-        if outcome.email_keys_backfilled or outcome.email_key_conflicts:
-            context.log.info(
-                f"Gave {outcome.email_keys_backfilled} existing contact(s) a normalised email "
-                f"key ({outcome.email_key_conflicts} share an email with another contact)"
-            )
     else:
         created_lte, cursor = checkpoint["created_lte"], checkpoint["cursor"]
         if cursor is None:
             return
-        _recall_written_pages(client, contacts, target, seen, created_lte, outcome.pages_fetched)
-
-    limit = outcome.max_customers or DEFAULT_MAX_CUSTOMERS
-    pages = iter_customer_pages(
+        _recall_written_pages(
+            client, contacts, target, seen, created_lte, cursor, outcome, settings
+        )
+    # Listing starts at once: pages arrive while existing contacts get their email keys.
+    with CustomerBatches(
         client,
         created_lte=created_lte,
         starting_after=cursor,
         max_customers=limit - outcome.customers_fetched,
-        first_page_number=outcome.pages_fetched + 1,
-    )
-    for page in pages:
-        outcome.add_page(
-            len(page.customers), upsert_customers(contacts, page.customers, target, seen)
-        )
-        finished = not page.has_more or outcome.customers_fetched >= limit
-        outcome.limit_reached = page.has_more and finished
-        _save_checkpoint(
-            context, db, request.id, outcome, created_lte, None if finished else page.cursor
-        )
-        if page.number == 1 or page.number % LOG_EVERY_PAGES == 0:
-            context.log.info(
-                f"Page {page.number}: {outcome.customers_fetched} customers so far, "
-                f"{outcome.records_added} added, {outcome.records_updated} updated, "
-                f"{outcome.import_errors_count} errors"
+        settings=settings,
+    ) as batches:
+        if checkpoint is None:
+            outcome.add_backfill(backfill_email_keys(contacts, target))
+            if outcome.email_keys_backfilled or outcome.email_key_conflicts:
+                context.log.info(
+                    f"Gave {outcome.email_keys_backfilled} existing contact(s) a normalised "
+                    f"email key ({outcome.email_key_conflicts} share an email with another "
+                    "contact)"
+                )
+        for batch in batches:
+            outcome.add_page(
+                len(batch.customers), upsert_customers(contacts, batch.customers, target, seen)
             )
+            outcome.pages_fetched += batch.pages - 1  # add_page counts one; a batch may span more
+            finished = not batch.has_more or outcome.customers_fetched >= limit
+            outcome.limit_reached = batch.has_more and finished
+            _save_checkpoint(
+                context, db, request.id, outcome, created_lte, None if finished else batch.cursor
+            )
+            watch.raise_if_stopped()
+            pages_before = outcome.pages_fetched - batch.pages
+            if batch.number == 1 or pages_before // LOG_EVERY_PAGES < (
+                outcome.pages_fetched // LOG_EVERY_PAGES
+            ):
+                context.log.info(
+                    f"Page {outcome.pages_fetched}: {outcome.customers_fetched} customers so "
+                    f"far, {outcome.records_added} added, {outcome.records_updated} updated, "
+                    f"{outcome.import_errors_count} errors"
+                )
     if outcome.limit_reached:
         context.log.warning(
             f"Stopped at the limit of {limit} customers; the account has more customers in Stripe"
@@ -379,13 +498,23 @@ def _recall_written_pages(
     target: UpsertTarget,
     seen: SeenCustomers,
     created_lte: int,
-    pages_written: int,
+    cursor: str,
+    outcome: ImportOutcome,
+    settings: FetchSettings,
 ) -> None:
-    """Re-read (without writing) the pages an earlier attempt wrote, so a resumed attempt still
-    reports a later customer with an already-imported email as a duplicate."""
-    pages = iter_customer_pages(client, created_lte=created_lte)
-    for page in itertools.islice(pages, pages_written):
-        recall_page(contacts, page.customers, target, seen)
+    """Re-read (without writing) the customers an earlier attempt wrote, down to its cursor, so a
+    resumed attempt still reports a later customer with an already-imported email as a
+    duplicate."""
+    batches = iter_customer_batches(
+        client, created_lte=created_lte, max_customers=outcome.customers_fetched, settings=settings
+    )
+    for batch in batches:
+        written = batch.customers
+        if cursor in (ids := [customer["id"] for customer in written]):
+            written = written[: ids.index(cursor) + 1]
+        recall_page(contacts, written, target, seen)
+        if len(written) < len(batch.customers):
+            return
 
 
 def _save_checkpoint(
@@ -456,16 +585,8 @@ def _new_outcome(request: ImportRequest, started_at: datetime) -> ImportOutcome:
     )
 
 
-def save_result(db, document: dict[str, Any]) -> ObjectId:
-    """Insert the result once per run, even when the op writing it is retried."""
-    saved = db[store.IMPORT_RESULTS].find_one_and_replace(
-        {"import_id": document["import_id"], "run_id": document["run_id"]},
-        document,
-        projection={"_id": 1},
-        upsert=True,
-        return_document=ReturnDocument.AFTER,
-    )
-    return saved["_id"]
+def _progress(outcome: ImportOutcome) -> str:
+    return f"{outcome.pages_fetched} page(s), {outcome.customers_fetched} customers"
 
 
 def _is_transient(error: Exception) -> bool:

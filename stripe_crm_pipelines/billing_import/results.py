@@ -2,6 +2,9 @@
 
 :class:`ImportOutcome` is the one value that travels between ops (Dagster pickles op outputs),
 so it holds counts and a bounded number of error rows and samples, never the customers.
+
+An import ends ``completed``, ``failed`` or ``cancelled`` (:data:`RESULT_STATUSES`); its request
+gets the same status.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from typing import Any
 
 from bson import ObjectId
 from dagster import MetadataValue, TableColumn, TableRecord, TableSchema
+from pymongo import ReturnDocument
 
+from stripe_crm_pipelines import store
 from stripe_crm_pipelines.billing_import.requests import CONTACT_TYPES
 from stripe_crm_pipelines.billing_import.upsert import (
     SAMPLE_SIZE,
@@ -25,6 +30,7 @@ from stripe_crm_pipelines.billing_import.upsert import (
 from stripe_crm_pipelines.resources.stripe import RequestStats
 
 RESULT_NAME = "stripe"
+RESULT_STATUSES = ("completed", "failed", "cancelled")
 MAX_LISTED = 1000
 """Error and duplicate rows kept in the result document; the counts stay exact beyond it."""
 METADATA_ERROR_ROWS = 20
@@ -122,10 +128,12 @@ class ImportOutcome:
 
 def outcome_of_document(document: dict[str, Any]) -> ImportOutcome:
     """The outcome of a request that never got going (malformed, or its run died): the counts
-    its checkpoint saved, else zeros, identified as far as its fields allow."""
-    checkpoint = document.get("checkpoint")
-    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("outcome"), dict):
-        return ImportOutcome.resume(checkpoint["outcome"])
+    its checkpoint saved (or the one an earlier attempt left to resume from), else zeros,
+    identified as far as its fields allow."""
+    for name in ("checkpoint", "resume_from"):
+        checkpoint = document.get(name)
+        if isinstance(checkpoint, dict) and isinstance(checkpoint.get("outcome"), dict):
+            return ImportOutcome.resume(checkpoint["outcome"])
     import_type = document.get("type")
     return ImportOutcome(
         import_id=str(document["_id"]),
@@ -141,7 +149,7 @@ def outcome_of_document(document: dict[str, Any]) -> ImportOutcome:
 def result_document(
     outcome: ImportOutcome, *, status: str, run_id: str, error: str | None = None
 ) -> dict[str, Any]:
-    """The ``contact_import_results`` document of an import (``completed`` or ``failed``)."""
+    """The ``contact_import_results`` document of an import (see :data:`RESULT_STATUSES`)."""
     document: dict[str, Any] = {
         "status": status,
         "name": RESULT_NAME,
@@ -177,7 +185,7 @@ def completed_request_update(result_id: ObjectId, finished_at: datetime) -> dict
             "finished_at": finished_at,
             "result_id": result_id,
         },
-        "$unset": {"error": ""},
+        "$unset": {"error": "", "resume_from": ""},
     }
 
 
@@ -192,8 +200,21 @@ def failed_request_update(
             "error": error,
             "finished_at": finished_at,
             "result_id": result_id,
-        }
+        },
+        "$unset": {"resume_from": ""},
     }
+
+
+def save_result(db, document: dict[str, Any]) -> ObjectId:
+    """Insert the result once per run, even when the op writing it is retried."""
+    saved = db[store.IMPORT_RESULTS].find_one_and_replace(
+        {"import_id": document["import_id"], "run_id": document["run_id"]},
+        document,
+        projection={"_id": 1},
+        upsert=True,
+        return_document=ReturnDocument.AFTER,
+    )
+    return saved["_id"]
 
 
 def run_metadata(outcome: ImportOutcome) -> dict[str, Any]:

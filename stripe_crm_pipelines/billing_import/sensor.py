@@ -5,9 +5,12 @@ and asks for one run per request. The run key is ``<import id>:<attempts>``: whi
 waits for its run it is asked for again with the same key, which Dagster drops, and a request
 put back to pending after a failed attempt gets a new key because its claim counted the attempt.
 
-A request still claimed by a run that ended without closing it (its process died, or someone
-terminated the run) is closed by the sensor: ``failed`` or, for a terminated run, ``cancelled``,
-with an import result holding the counts of its last checkpoint.
+A request still claimed by a run that can no longer finish it (the run failed, was terminated,
+is missing from the instance, or has sent no heartbeat for five minutes because its process died)
+is recovered first (:mod:`~stripe_crm_pipelines.billing_import.recovery`): queued again to resume
+from its checkpoint, up to three attempts, then ``failed`` with the reason; ``cancelled`` for a
+terminated run. ``billing_import_failure_sensor`` and ``billing_import_cancel_sensor`` do the
+same within seconds of a run failing or being cancelled.
 
 A request whose account has no billing Stripe key is left pending and untouched (the seed reset
 every request in that case); the tick names it. A request too malformed to parse still gets a
@@ -19,34 +22,36 @@ MongoDB until the run's ``sync_customers`` op reads it.
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from bson import ObjectId
 from dagster import (
-    DagsterInstance,
     DagsterRunStatus,
     DefaultSensorStatus,
+    RunFailureSensorContext,
     RunRequest,
+    RunStatusSensorContext,
     SensorEvaluationContext,
     SkipReason,
+    run_failure_sensor,
+    run_status_sensor,
     sensor,
 )
 
 from stripe_crm_pipelines import store
 from stripe_crm_pipelines.billing_import import tags
 from stripe_crm_pipelines.billing_import.job import billing_contact_import
-from stripe_crm_pipelines.billing_import.ops import save_result
-from stripe_crm_pipelines.billing_import.requests import BILLING_APP, IMPORT_SOURCE
-from stripe_crm_pipelines.billing_import.results import (
-    failed_request_update,
-    outcome_of_document,
-    result_document,
+from stripe_crm_pipelines.billing_import.recovery import (
+    attempts_of,
+    recover_run,
+    recover_stale_claims,
 )
+from stripe_crm_pipelines.billing_import.requests import BILLING_APP, IMPORT_SOURCE
 from stripe_crm_pipelines.resources import MongoResource
+from stripe_crm_pipelines.resources.stripe import redact_api_keys
 
 PENDING_FILTER = {"source": IMPORT_SOURCE, "status": "pending", "in_progress": False}
-CLAIMED_FILTER = {"source": IMPORT_SOURCE, "status": "pending", "in_progress": True}
+RUN_END_SENSOR_INTERVAL_SECONDS = 10
 REQUEST_FIELDS = {"_id": 1, "account_id": 1, "user_id": 1, "type": 1, "attempts": 1}
 NO_CONNECTED_ACCOUNT = "none"
 
@@ -80,7 +85,7 @@ def plan_runs(
         stripe_account = connected_accounts.get(account_id) if account_id else None
         runs.append(
             RunRequest(
-                run_key=f"{import_id}:{_attempts(request.get('attempts'))}",
+                run_key=f"{import_id}:{attempts_of(request)}",
                 run_config={"ops": {"claim_import_request": {"config": {"import_id": import_id}}}},
                 tags={
                     tags.IMPORT_ID: import_id,
@@ -119,7 +124,7 @@ def connected_accounts_of(db, account_ids: Iterable[ObjectId]) -> dict[ObjectId,
 )
 def billing_import_sensor(context: SensorEvaluationContext, mongo: MongoResource):
     db = mongo.database()
-    for message in close_abandoned_claims(db, context.instance):
+    for message in recover_stale_claims(db, context.instance):
         context.log.warning(message)
     pending = list(
         db[store.QUEUES].find(PENDING_FILTER, REQUEST_FIELDS).sort([("createdAt", -1), ("_id", -1)])
@@ -146,31 +151,45 @@ def billing_import_sensor(context: SensorEvaluationContext, mongo: MongoResource
     return runs
 
 
-def close_abandoned_claims(db, instance: DagsterInstance) -> list[str]:
-    """Close requests whose claiming run has ended without closing them; says what it did."""
-    closed: list[str] = []
-    for request in db[store.QUEUES].find(CLAIMED_FILTER):
-        run_id = request.get("claimed_by_run")
-        run = instance.get_run_by_id(run_id) if isinstance(run_id, str) else None
-        if run is None or not run.is_finished or run.status == DagsterRunStatus.SUCCESS:
-            continue
-        status = "cancelled" if run.status == DagsterRunStatus.CANCELED else "failed"
-        message = f"Run {run_id} ended ({run.status.value}) before finishing the import"
-        now = datetime.now(UTC)
-        taken = db[store.QUEUES].find_one_and_update(
-            {"_id": request["_id"], **CLAIMED_FILTER, "claimed_by_run": run_id},
-            failed_request_update(message, now, result_id=None, status=status),
-        )
-        if taken is None:
-            continue
-        outcome = outcome_of_document(request)
-        outcome.finish(now)
-        result_id = save_result(
-            db, result_document(outcome, status=status, run_id=run_id, error=message)
-        )
-        db[store.QUEUES].update_one({"_id": request["_id"]}, {"$set": {"result_id": result_id}})
-        closed.append(f"Import request {request['_id']} marked {status}: {message}")
-    return closed
+@run_failure_sensor(
+    monitored_jobs=[billing_contact_import],
+    minimum_interval_seconds=RUN_END_SENSOR_INTERVAL_SECONDS,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="When a billing_contact_import run fails while still holding its request, "
+    "queues the request again (up to 3 attempts) or marks it failed with an import result.",
+)
+def billing_import_failure_sensor(context: RunFailureSensorContext, mongo: MongoResource):
+    reason = redact_api_keys(_failure_reason(context))
+    cause = f"Run {context.dagster_run.run_id} failed: {reason}"
+    message = recover_run(mongo.database(), context.dagster_run, cause)
+    if message is not None:
+        context.log.warning(message)
+
+
+@run_status_sensor(
+    run_status=DagsterRunStatus.CANCELED,
+    monitored_jobs=[billing_contact_import],
+    minimum_interval_seconds=RUN_END_SENSOR_INTERVAL_SECONDS,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="When a billing_contact_import run is terminated while still holding its "
+    "request, marks the request cancelled with an import result of the counts so far.",
+)
+def billing_import_cancel_sensor(context: RunStatusSensorContext, mongo: MongoResource):
+    cause = f"Run {context.dagster_run.run_id} was cancelled before finishing the import"
+    message = recover_run(mongo.database(), context.dagster_run, cause)
+    if message is not None:
+        context.log.warning(message)
+
+
+def _failure_reason(context: RunFailureSensorContext) -> str:
+    """The first failed step's own description, else the run's failure message."""
+    for event in context.get_step_failure_events():
+        data = event.step_failure_data
+        if data.user_failure_data is not None and data.user_failure_data.description:
+            return data.user_failure_data.description
+        if data.error is not None:
+            return f"{event.step_key}: {data.error.message.strip()}"
+    return context.failure_event.message or "no reason recorded"
 
 
 def _object_id(value: object) -> ObjectId | None:
@@ -179,11 +198,3 @@ def _object_id(value: object) -> ObjectId | None:
     if isinstance(value, str) and ObjectId.is_valid(value):
         return ObjectId(value)
     return None
-
-
-def _attempts(value: object) -> int:
-    if isinstance(value, bool):
-        return 0
-    if isinstance(value, int | float) and value >= 0:
-        return int(value)
-    return 0

@@ -209,10 +209,12 @@ def test_a_request_left_claimed_by_an_ended_run_is_closed(
         "contact_type": "person", "started_at": NOW, "records_added": 100,
         "customers_fetched": 100, "pages_fetched": 1,
     }}  # fmt: skip
+    # The last of its three attempts: a failed run is not queued again (tests/reliability).
     db[store.QUEUES].update_one(
         {"_id": import_id},
-        {"$set": {"in_progress": True, "claimed_by_run": run.run_id, "checkpoint": checkpoint}},
-    )
+        {"$set": {"in_progress": True, "claimed_by_run": run.run_id, "checkpoint": checkpoint,
+                  "attempts": 3}},
+    )  # fmt: skip
     still_running = add_request(db, account_id)
     running = instance.create_run_for_job(billing_contact_import, run_config={
         "ops": {"claim_import_request": {"config": {"import_id": str(still_running)}}}
