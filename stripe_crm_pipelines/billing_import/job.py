@@ -1,6 +1,6 @@
 """The ``billing_contact_import`` job: one run imports one request's Stripe customers."""
 
-from dagster import job
+from dagster import in_process_executor, job
 
 from stripe_crm_pipelines.billing_import.ops import (
     claim_import_request,
@@ -16,6 +16,8 @@ from stripe_crm_pipelines.billing_import.ops import (
         "run one by hand, set `ops.claim_import_request.config.import_id`."
     ),
     tags={"stripe_crm/job": "billing_contact_import"},
+    # The three ops run one after another, so a process per op would only add start-up time.
+    executor_def=in_process_executor,
 )
 def billing_contact_import():
     """claim_import_request → sync_customers → record_import_result.
@@ -24,9 +26,11 @@ def billing_contact_import():
       progress, owned by this run), so a request is processed by one run only, and validates it
       (fields, mappings, type, account) before anything is written. Its output is the request id
       and the customer limit.
-    * ``sync_customers`` does the work as a stream: fetch one page of 100 customers, map it,
-      match it against the account's contacts with one query and write it with one unordered
-      bulk write, checkpoint counts and cursor on the request, then fetch the next page. No
+    * ``sync_customers`` does the work as a stream: pages of 100 customers, fetched in
+      concurrent ``created`` windows under a per-key rate limit and handed over in listing
+      order, are mapped, matched against the account's contacts with one query per batch and
+      written with one unordered bulk write per batch, and counts and cursor are checkpointed
+      on the request after each batch. No
       customer list ever leaves the op: Dagster pickles op outputs to storage, so the output is
       the small :class:`~stripe_crm_pipelines.billing_import.results.ImportOutcome` (counts, the
       first errors, a sample). The op loads the Stripe key itself and retries transient failures
