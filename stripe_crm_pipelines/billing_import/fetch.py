@@ -451,6 +451,9 @@ class CustomerBatches:
                 if not customers or (fanned_out and len(customers) < batch_size):
                     continue
                 has_more = window_has_more or ahead.any_left()
+                if not has_more:
+                    # Only empty pages are left: count them here rather than in an empty batch.
+                    pages += ahead.drain()
                 yield CustomerBatch(number, customers, pages, _last_id(customers), has_more)
                 number, customers, pages = number + 1, [], 0
         except Exception:
@@ -493,6 +496,13 @@ class _LookAhead:
         if self._held:
             return self._held.popleft()
         return next(self._pages, None)
+
+    def drain(self) -> int:
+        """Read the rest of the walk (after :meth:`any_left` said no customer is left); the
+        number of pages it had."""
+        drained = len(self._held) + sum(1 for _ in self._pages)
+        self._held.clear()
+        return drained
 
     def any_left(self) -> bool:
         """Whether another customer follows; the pages read to know are kept for :meth:`next`."""
