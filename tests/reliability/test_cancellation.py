@@ -63,7 +63,14 @@ def run_stopping_part_way(store_uri, sandbox, import_id, instance, monkeypatch, 
 
     monkeypatch.setattr(store, "connect", lambda uri=None: FaultyDatabase(connect(uri), before))
     return billing_contact_import.execute_in_process(
-        run_config={"ops": {"claim_import_request": {"config": {"import_id": str(import_id)}}}},
+        run_config={
+            "ops": {
+                "claim_import_request": {"config": {"import_id": str(import_id)}},
+                # Batches smaller than the account, so there is a boundary to stop at even when
+                # the walk fans out at once.
+                "sync_customers": {"config": {"write_batch_size": 200}},
+            }
+        },
         resources={
             "mongo": MongoResource(uri=store_uri),
             "stripe": StripeResource(api_base=sandbox.url),
