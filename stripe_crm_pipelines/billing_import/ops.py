@@ -199,16 +199,7 @@ def claim_import_request(
             description=_not_claimable(db, import_id),
             allow_retries=False,
         )
-    try:
-        request = parse_import_request(document)
-    except InvalidImportRequest as error:
-        fail_import(
-            context,
-            db,
-            import_id,
-            f"Invalid import request: {error}",
-            outcome_of_document(document),
-        )
+    request = _parse_or_fail(context, db, import_id, document)
     if db[store.ACCOUNTS].find_one({"_id": request.account_id}, {"_id": 1}) is None:
         fail_import(
             context,
@@ -232,6 +223,20 @@ def claim_import_request(
     )
 
 
+def _parse_or_fail(context: OpExecutionContext, db, import_id: ObjectId, document) -> ImportRequest:
+    """The claimed request, parsed; an invalid one fails the import with the reason."""
+    try:
+        return parse_import_request(document)
+    except InvalidImportRequest as error:
+        fail_import(
+            context,
+            db,
+            import_id,
+            f"Invalid import request: {error}",
+            outcome_of_document(document),
+        )
+
+
 @op(
     description="Stream the connected account's Stripe customers (100 per page; large accounts "
     "as concurrent `created` windows under a per-key rate limit): map each batch, match it to "
@@ -249,16 +254,7 @@ def sync_customers(
     db = mongo.database()
     import_id = ObjectId(claimed.import_id)
     document = _claimed_request(context, db, import_id)
-    try:
-        request = parse_import_request(document)
-    except InvalidImportRequest as error:
-        fail_import(
-            context,
-            db,
-            import_id,
-            f"Invalid import request: {error}",
-            outcome_of_document(document),
-        )
+    request = _parse_or_fail(context, db, import_id, document)
 
     # The claim cleared any older checkpoint: what is left is this run's own (an op retry) or
     # the one a dead attempt left for this run to resume from (see recovery.requeue_update).
