@@ -16,7 +16,9 @@ take 20 s while the rate limit (25 requests/s on test keys) would allow 4 s. A
   showed (the seconds 100 customers span) into a chunk of about
   :attr:`FetchSettings.window_pages` pages per idle worker, the last chunk open-ended again;
   only a listed page shows that the listing goes on, so no request is spent on seconds older
-  than the oldest customer. An idle worker also steals the older half of the bounded window
+  than the oldest customer. At the first fan-out the chunks grow from :data:`RAMP_PAGES` pages
+  instead, so the newest windows, which are handed over first, end first. An idle worker
+  also steals the older half of the bounded window
   with the most pages left. Windows are disjoint ranges of whole seconds: customers created in
   the same second are never split across two windows, and the part of a second after a
   window's cursor stays with that window.
@@ -26,7 +28,8 @@ take 20 s while the rate limit (25 requests/s on test keys) would allow 4 s. A
   keeps the newest.
 * Flow: when requests wait for the rate limiter, those of newer windows go first (see
   :func:`~stripe_crm_pipelines.billing_import.rate_limit.request_priority`), so the window being
-  handed over is never starved by those behind it and writing keeps pace with fetching.
+  handed over is never starved by those behind it and writing keeps pace with fetching; a
+  write batch is handed over early, at half its size, rather than have the writer wait.
 * Memory: a worker stops fetching when :attr:`FetchSettings.max_buffered_pages` pages wait to be
   handed over, unless its window is the one being handed over. Memory does not grow with the
   account.
@@ -57,6 +60,8 @@ DEFAULT_CONCURRENCY = 8
 DEFAULT_FAN_OUT_AFTER_SECONDS = 0.2
 DEFAULT_BATCH_SIZE = 2000
 DEFAULT_WINDOW_PAGES = 10
+RAMP_PAGES = 2
+"""Pages of the first window cut at the first fan-out; the next windows grow by as much."""
 MIN_SPLIT_PAGES = 3
 """A bounded window is split only if at least this many pages are estimated to be left in it:
 every window ends with a partial page, so a split costs about half a request."""
@@ -75,6 +80,10 @@ class FetchSettings:
     """How long the walk stays sequential before it splits into windows."""
     batch_size: int = DEFAULT_BATCH_SIZE
     """Customers per write batch once the walk has fanned out (before, a batch is one page)."""
+    min_batch_size: int | None = None
+    """A batch of at least this many customers is handed over early when the next page is not
+    fetched yet, so the writer works instead of waiting and the last batch is small; default
+    half of ``batch_size`` (``batch_size`` turns this off)."""
     window_pages: int = DEFAULT_WINDOW_PAGES
     """Pages per window cut from the open-ended oldest part of the listing."""
     max_buffered_pages: int | None = None
@@ -85,8 +94,16 @@ class FetchSettings:
             raise ValueError("concurrency must be at least 1")
         if self.batch_size < 1 or self.window_pages < 1:
             raise ValueError("batch_size and window_pages must be at least 1")
+        if self.min_batch_size is not None and not 1 <= self.min_batch_size <= self.batch_size:
+            raise ValueError("min_batch_size must be between 1 and batch_size")
         if self.fan_out_after_seconds < 0:
             raise ValueError("fan_out_after_seconds must not be negative")
+
+    @property
+    def early_batch_size(self) -> int:
+        if self.min_batch_size is not None:
+            return self.min_batch_size
+        return max(1, self.batch_size // 2)
 
     @property
     def buffered_pages_limit(self) -> int:
@@ -235,6 +252,18 @@ class CustomerWalk:
                 fanned_out = self._fanned_out
             yield customers, has_more, fanned_out
 
+    def page_ready(self) -> bool:
+        """Whether :meth:`pages` would hand over its next page (or end) without waiting."""
+        with self._condition:
+            if self._error is not None:
+                return True
+            for window in self._windows:
+                if window.pages:
+                    return True
+                if not window.listed:
+                    return False
+            return True
+
     # --- workers ---------------------------------------------------------------------------
 
     def _work(self) -> None:
@@ -287,20 +316,32 @@ class CustomerWalk:
         (the open-ended one, which just listed a page) by that page's density: the owner keeps
         about :attr:`FetchSettings.window_pages` pages, each idle worker gets a chunk as long,
         the last one open-ended again. Only the owner cuts: only a listed page shows that the
-        listing goes on, so no request is spent on seconds older than the oldest customer."""
+        listing goes on, so no request is spent on seconds older than the oldest customer.
+
+        When ``window`` is the one being handed over (the first fan-out), the chunks grow
+        instead: :data:`RAMP_PAGES` pages for the owner, twice that for the next window, and so
+        on up to ``window_pages``. A window is walked one page at a time, so the writer could
+        otherwise only follow the first window's pace until all of them end together; with
+        growing chunks each window is done about when the writer reaches it."""
         unclaimed = sum(1 for w in self._windows if not w.claimed and not w.listed)
         wanted = self._idle - unclaimed
         if wanted <= 0 or window.span is None or window.position is None:
             return
-        chunk = window.span * self._settings.window_pages
-        boundary = window.position - chunk + 1
+        window_pages = self._settings.window_pages
+        ramp = window is self._windows[0]
+
+        def chunk(number: int) -> int:
+            pages = min(window_pages, RAMP_PAGES * (number + 1)) if ramp else window_pages
+            return window.span * pages
+
+        boundary = window.position - chunk(0) + 1
         if boundary <= 0:
             return
         window.lo = boundary
         at = self._windows.index(window) + 1
         hi = boundary - 1
         for number in range(wanted):
-            lo = hi - chunk + 1
+            lo = hi - chunk(number + 1) + 1
             last = number == wanted - 1 or lo <= 0
             self._windows.insert(at + number, _Window(None if last else lo, hi, span=window.span))
             if last:
@@ -393,9 +434,11 @@ class CustomerBatches:
     Fetching starts when this is made (so pages arrive while the caller prepares), and stops when
     the batches run out or the ``with`` block ends. Before the walk fans out a batch is one page,
     so a small account is written page by page as it arrives; after, a batch holds
-    ``settings.batch_size`` customers (fewer at the end). At most ``max_customers`` customers
-    (counted from here). If fetching fails, the customers already fetched come first
-    (``has_more`` true), then the error is raised.
+    ``settings.batch_size`` customers, or at least ``settings.min_batch_size`` when the next page
+    is not fetched yet (fewer at the end): the writer writes instead of waiting, and little is
+    left to write after the last page. At most ``max_customers`` customers (counted from here).
+    If fetching fails, the customers already fetched come first (``has_more`` true), then the
+    error is raised.
     """
 
     def __init__(
@@ -416,7 +459,7 @@ class CustomerBatches:
             max_customers=max_customers,
             settings=self._settings,
         ).__enter__()
-        self._batches = self._group(_LookAhead(self._walk.pages()))
+        self._batches = self._group(_LookAhead(self._walk.pages(), self._walk.page_ready))
 
     def __enter__(self) -> CustomerBatches:
         return self
@@ -434,6 +477,7 @@ class CustomerBatches:
 
     def _group(self, ahead: _LookAhead) -> Iterator[CustomerBatch]:
         batch_size = self._settings.batch_size
+        early_size = self._settings.early_batch_size
         remaining = self._max_customers
         number, customers, pages = 1, [], 0
         try:
@@ -448,7 +492,11 @@ class CustomerBatches:
                 customers.extend(page)
                 if remaining is not None:
                     remaining -= len(page)
-                if not customers or (fanned_out and len(customers) < batch_size):
+                full = len(customers) >= batch_size
+                # Early while the writer would wait for the next page, and only where more is
+                # known to follow: asking (``any_left``) would wait for that page too.
+                early = window_has_more and len(customers) >= early_size and not ahead.ready()
+                if not customers or (fanned_out and not (full or early)):
                     continue
                 has_more = window_has_more or ahead.any_left()
                 if not has_more:
@@ -488,9 +536,18 @@ def iter_customer_batches(
 class _LookAhead:
     """The walk's pages, with a look ahead (past empty pages) to whether any customer is left."""
 
-    def __init__(self, pages: Iterator[tuple[list[Customer], bool, bool]]) -> None:
+    def __init__(
+        self,
+        pages: Iterator[tuple[list[Customer], bool, bool]],
+        ready: Callable[[], bool] = lambda: True,
+    ) -> None:
         self._pages = pages
+        self._ready = ready
         self._held: deque[tuple[list[Customer], bool, bool]] = deque()
+
+    def ready(self) -> bool:
+        """Whether :meth:`next` would answer without waiting for a page to be fetched."""
+        return bool(self._held) or self._ready()
 
     def next(self) -> tuple[list[Customer], bool, bool] | None:
         if self._held:

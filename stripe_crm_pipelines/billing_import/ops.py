@@ -148,7 +148,8 @@ class SyncCustomersConfig(Config):
         ge=100,
         le=10_000,
         description="Customers matched with one query, written with one bulk write and "
-        "checkpointed together once the walk has fanned out (before, each page is one batch).",
+        "checkpointed together once the walk has fanned out (before, each page is one batch); "
+        "half as many when the next page is not fetched yet, so the writer does not wait.",
     )
 
     def fetch_settings(self) -> FetchSettings:

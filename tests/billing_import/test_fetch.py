@@ -47,6 +47,10 @@ def add_customers_sharing_seconds(sandbox, count: int, per_second: int) -> list[
     return [customer["id"] for customer in sandbox.state.customers(CONNECTED_ACCOUNT)]
 
 
+def newest_first_created(sandbox) -> list[int]:
+    return [customer["created"] for customer in sandbox.state.customers(CONNECTED_ACCOUNT)]
+
+
 def listed_ids(batches) -> list[str]:
     return [customer["id"] for batch in batches for customer in batch.customers]
 
@@ -157,6 +161,71 @@ def test_a_small_account_stays_sequential_until_the_walk_has_taken_a_while(strip
     requests = listing_requests(stripe_sandbox)
     assert len(requests) == 5
     assert all("gte" not in entry["query"]["created"] for entry in requests)
+
+
+def test_the_first_windows_grow_so_the_newest_are_done_first(stripe_sandbox):
+    # One customer a second: the first page spans 99 seconds.
+    newest_first = add_customers_sharing_seconds(stripe_sandbox, 2500, per_second=1)
+    settings = FetchSettings(concurrency=4, fan_out_after_seconds=0, window_pages=10)
+
+    batches = list(
+        iter_customer_batches(client_for(stripe_sandbox), created_lte=SNAPSHOT, settings=settings)
+    )
+
+    assert listed_ids(batches) == newest_first
+    # The first page's owner keeps 2 pages (198 seconds); the idle workers' windows follow it
+    # with 4, 6, 8 pages (the last one open-ended), instead of 10 pages each.
+    requests = [entry["query"] for entry in listing_requests(stripe_sandbox)]
+    owner_lo = min(
+        int(query["created"]["gte"])
+        for query in requests
+        if "starting_after" in query and int(query["created"]["lte"]) == SNAPSHOT
+    )
+    assert owner_lo == int(newest_first_created(stripe_sandbox)[99]) - 2 * 99 + 1
+    opened = {  # each window's first request, before any steal narrowed it
+        int(query["created"]["lte"]): query["created"].get("gte")
+        for query in reversed(requests)
+        if "starting_after" not in query
+    }
+    hi = owner_lo - 1
+    for pages in (4, 6):
+        assert opened[hi] is not None
+        assert hi - int(opened[hi]) + 1 == pages * 99
+        hi = int(opened[hi]) - 1
+
+
+@pytest.mark.parametrize("min_batch_size", [None, 1000])
+def test_a_batch_goes_early_at_half_its_size_rather_than_keep_the_writer_waiting(
+    stripe_sandbox, min_batch_size
+):
+    newest_first = add_customers_sharing_seconds(stripe_sandbox, 3000, per_second=2)
+    stripe_sandbox.state.configure(latency_ms=20)
+    settings = FetchSettings(
+        concurrency=2,
+        fan_out_after_seconds=0,
+        window_pages=5,
+        batch_size=1000,
+        min_batch_size=min_batch_size,
+    )
+
+    batches = list(
+        iter_customer_batches(client_for(stripe_sandbox), created_lte=SNAPSHOT, settings=settings)
+    )
+
+    assert listed_ids(batches) == newest_first
+    assert [batch.has_more for batch in batches] == [True] * (len(batches) - 1) + [False]
+    sizes = [len(batch.customers) for batch in batches[:-1]]
+    smallest = min_batch_size or 500
+    assert all(smallest <= size < 1000 + 100 for size in sizes), sizes
+    if min_batch_size is None:
+        # This consumer never keeps the walk waiting: batches go as soon as half full.
+        assert any(size < 1000 for size in sizes), sizes
+
+
+def test_min_batch_size_must_fit_the_batch():
+    with pytest.raises(ValueError, match="min_batch_size"):
+        FetchSettings(batch_size=1000, min_batch_size=1001)
+    assert FetchSettings(batch_size=1000).early_batch_size == 500
 
 
 def test_windowed_walk_resumes_after_a_cursor(stripe_sandbox):
