@@ -13,8 +13,10 @@ Per page the import makes one query (the account's contacts of the import's type
 * no match and not ``new_contact``: skipped.
 
 A second customer with an email (or contact) already seen in this import is a duplicate: the
-first one seen, the newest, wins. One failing write is an import error for that customer; the
-rest of the batch still lands (unordered bulk, errors mapped back by index).
+first one seen, the newest, wins. A contact is seen by the Stripe id and email key it had before
+this import updated it, so where one batch ends and the next begins never changes the outcome.
+One failing write is an import error for that customer; the rest of the batch still lands
+(unordered bulk, errors mapped back by index).
 
 Every filter carries ``parent_account`` and ``type``, so contacts of other accounts or of the
 other type are never read or written.
@@ -103,6 +105,24 @@ class SeenCustomers:
     """email_key → id of the first customer seen with it."""
     by_contact_id: dict[ObjectId, str] = field(default_factory=dict)
     """existing contact ``_id`` → id of the customer that updated it."""
+    claimed_keys: dict[tuple[str, str], str] = field(default_factory=dict)
+    """(``stripe_customer_id`` or ``email_key``, value) an updated contact had before this import
+    changed it → id of the customer that updated it. An older customer that would have matched
+    the contact by it is a duplicate whether or not the update has landed by its lookup, so the
+    outcome does not depend on where batches begin."""
+
+    def claimed_by(self, customer_id: str, email_key: str | None) -> str | None:
+        """The customer that already took the contact this customer matched at the start."""
+        owner = self.claimed_keys.get(("stripe_customer_id", customer_id))
+        if owner is None and email_key is not None:
+            owner = self.claimed_keys.get(("email_key", email_key))
+        return owner
+
+    def claim(self, contact: Mapping[str, Any], customer_id: str) -> None:
+        self.by_contact_id[contact["_id"]] = customer_id
+        for key in ("stripe_customer_id", "email_key"):
+            if isinstance(contact.get(key), str):
+                self.claimed_keys.setdefault((key, contact[key]), customer_id)
 
 
 @dataclass
@@ -215,6 +235,9 @@ def plan_upserts(
                 DuplicateCustomer(customer_id, email, seen.by_email_key[email_key])
             )
             continue
+        if (owner := seen.claimed_by(customer_id, email_key)) is not None:
+            plan.duplicates.append(DuplicateCustomer(customer_id, email, owner))
+            continue
         contact = by_customer_id.get(customer_id)
         if contact is None and email_key is not None:
             contact = by_email_key.get(email_key)
@@ -227,7 +250,7 @@ def plan_upserts(
         if contact is not None:
             update = _update_existing(contact, mapped, email_key, target)
             operation = UpdateOne({"_id": contact["_id"], **target.scope()}, update)
-            seen.by_contact_id[contact["_id"]] = customer_id
+            seen.claim(contact, customer_id)
         elif target.new_contact:
             operation, update = _create(mapped, email_key, target, now)
         else:

@@ -272,6 +272,34 @@ def test_two_customers_resolving_to_one_existing_contact_update_it_once(contacts
     assert contacts.find_one(target.scope())["name"] == "B"
 
 
+@pytest.mark.parametrize("batches", [[2], [1, 1]], ids=["one batch", "two batches"])
+def test_a_contact_taken_by_a_newer_customer_stays_taken_wherever_batches_begin(contacts, batches):
+    target = make_target(mappings={"name": "name"})
+    contacts.insert_one(
+        {**target.scope(), "email": "old@example.com", "email_key": "old@example.com",
+         "stripe_customer_id": "cus_b", "name": "Before"}
+    )  # fmt: skip
+    # Newest first: cus_b, the contact's customer, has a new email now; cus_c, older, has the
+    # email the contact had. Looked up after cus_b's update landed, cus_c would match nothing.
+    customers = [
+        customer("cus_b", "new@example.com", name="B"),
+        customer("cus_c", "old@example.com", name="C"),
+    ]
+    seen = SeenCustomers()
+    results, start = [], 0
+    for size in batches:
+        results.append(upsert_customers(contacts, customers[start : start + size], target, seen))
+        start += size
+
+    assert sum(r.updated for r in results) == 1
+    assert sum(r.added for r in results) == 0
+    assert [d.as_document() for r in results for d in r.duplicates] == [
+        {"stripe_customer_id": "cus_c", "email": "old@example.com", "duplicate_of": "cus_b"}
+    ]
+    [contact] = contacts.find(target.scope())
+    assert (contact["email"], contact["name"]) == ("new@example.com", "B")
+
+
 def test_a_failing_write_is_an_import_error_and_the_rest_of_the_batch_lands(contacts):
     target = make_target(mappings={"name": "name"})
     # cus_2 now has the email another contact holds: its update breaks the unique email key.
