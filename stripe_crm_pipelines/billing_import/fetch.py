@@ -57,7 +57,7 @@ from stripe_crm_pipelines.billing_import.rate_limit import request_priority
 
 PAGE_SIZE = 100
 DEFAULT_CONCURRENCY = 8
-DEFAULT_FAN_OUT_AFTER_SECONDS = 0.2
+DEFAULT_FAN_OUT_AFTER_SECONDS = 0.5
 DEFAULT_BATCH_SIZE = 2000
 DEFAULT_WINDOW_PAGES = 10
 RAMP_PAGES = 2
