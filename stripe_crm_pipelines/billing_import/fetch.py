@@ -26,6 +26,10 @@ take 20 s while the rate limit (25 requests/s on test keys) would allow 4 s. A
   after window, each in list order), however the windows were fetched. So the first customer
   with an email still wins over older ones, a checkpoint is one cursor, and ``max_customers``
   keeps the newest.
+* Width: no more windows are walked at once than the rate limit can serve at the pace of the
+  pages (:attr:`FetchSettings.requests_per_second`): 6 for 25 requests/s and 200 ms pages, up
+  to :attr:`FetchSettings.concurrency` (16) for live keys. Windows beyond that would only wait
+  for tokens, and every window costs a partial page.
 * Flow: when requests wait for the rate limiter, those of newer windows go first (see
   :func:`~stripe_crm_pipelines.billing_import.rate_limit.request_priority`), so the window being
   handed over is never starved by those behind it and writing keeps pace with fetching; a
@@ -56,7 +60,8 @@ import stripe
 from stripe_crm_pipelines.billing_import.rate_limit import request_priority
 
 PAGE_SIZE = 100
-DEFAULT_CONCURRENCY = 8
+DEFAULT_CONCURRENCY = 16
+DEFAULT_BUFFERED_PAGES = 80
 DEFAULT_FAN_OUT_AFTER_SECONDS = 0.5
 DEFAULT_BATCH_SIZE = 2000
 DEFAULT_WINDOW_PAGES = 10
@@ -75,7 +80,13 @@ class FetchSettings:
     """How the customers are listed."""
 
     concurrency: int = DEFAULT_CONCURRENCY
-    """Windows walked at once; 1 walks the list sequentially and sends no ``created[gte]``."""
+    """Windows walked at once, at most; 1 walks the list sequentially and sends no
+    ``created[gte]``."""
+    requests_per_second: float | None = None
+    """The rate limit the requests wait for. With it, the walk keeps only as many windows going
+    as that rate can serve at the pace of its pages (``rate * page seconds + 1``; 6 for 25
+    requests/s and 200 ms pages): more would only wait for tokens, and each extra window costs
+    a partial page."""
     fan_out_after_seconds: float = DEFAULT_FAN_OUT_AFTER_SECONDS
     """How long the walk stays sequential before it splits into windows."""
     batch_size: int = DEFAULT_BATCH_SIZE
@@ -87,7 +98,7 @@ class FetchSettings:
     window_pages: int = DEFAULT_WINDOW_PAGES
     """Pages per window cut from the open-ended oldest part of the listing."""
     max_buffered_pages: int | None = None
-    """Pages fetched ahead of the writer; default ``concurrency * window_pages``."""
+    """Pages fetched ahead of the writer; default :data:`DEFAULT_BUFFERED_PAGES`."""
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -98,6 +109,8 @@ class FetchSettings:
             raise ValueError("min_batch_size must be between 1 and batch_size")
         if self.fan_out_after_seconds < 0:
             raise ValueError("fan_out_after_seconds must not be negative")
+        if self.requests_per_second is not None and self.requests_per_second <= 0:
+            raise ValueError("requests_per_second must be positive")
 
     @property
     def early_batch_size(self) -> int:
@@ -109,7 +122,7 @@ class FetchSettings:
     def buffered_pages_limit(self) -> int:
         if self.max_buffered_pages is not None:
             return max(1, self.max_buffered_pages)
-        return self.concurrency * self.window_pages
+        return DEFAULT_BUFFERED_PAGES
 
 
 @dataclass(frozen=True)
@@ -179,7 +192,7 @@ class _Window:
 
 
 class CustomerWalk:
-    """Lists the snapshot's customers with ``settings.concurrency`` worker threads.
+    """Lists the snapshot's customers with up to ``settings.concurrency`` worker threads.
 
     Use as a context manager and iterate :meth:`pages`; leaving the context stops the workers.
     A worker's exception (after the client's own retries) is raised by :meth:`pages`.
@@ -208,6 +221,9 @@ class CustomerWalk:
         self._stopped = False
         self._fanned_out = False
         self._idle = 0
+        """Workers waiting for a window while fewer than :meth:`_window_limit` walk one."""
+        self._active = 0
+        """Workers walking a window."""
         self._sequential_pages = 0
         self._fastest_page_seconds = float("inf")
         self._threads: list[threading.Thread] = []
@@ -269,7 +285,12 @@ class CustomerWalk:
     def _work(self) -> None:
         try:
             while (window := self._claim()) is not None:
-                self._walk(window)
+                try:
+                    self._walk(window)
+                finally:
+                    with self._condition:
+                        self._active -= 1
+                        self._condition.notify_all()
         except BaseException as error:  # handed to the consumer, which raises it
             with self._condition:
                 if self._error is None and not self._stopped:
@@ -283,17 +304,30 @@ class CustomerWalk:
                 open_windows = [window for window in self._windows if not window.listed]
                 if not open_windows:
                     return None
-                for window in open_windows:
-                    if not window.claimed:
-                        window.claimed = True
-                        return window
-                if self._fanned_out and (stolen := self._steal(open_windows)) is not None:
-                    stolen.claimed = True
-                    return stolen
+                if self._active >= self._window_limit():
+                    self._condition.wait()
+                    continue
+                window = next((w for w in open_windows if not w.claimed), None)
+                if window is None and self._fanned_out:
+                    window = self._steal(open_windows)
+                if window is not None:
+                    window.claimed = True
+                    self._active += 1
+                    return window
                 self._idle += 1
                 self._condition.wait()
                 self._idle -= 1
             return None
+
+    def _window_limit(self) -> int:
+        """Windows walked at once: what the rate limit can serve at the pace of the pages seen
+        (plus one, so a window between two pages leaves no token unused), up to
+        ``settings.concurrency``."""
+        rate = self._settings.requests_per_second
+        if rate is None or self._fastest_page_seconds == float("inf"):
+            return self._settings.concurrency
+        needed = round(rate * self._fastest_page_seconds) + 1
+        return max(1, min(self._settings.concurrency, needed))
 
     def _steal(self, open_windows: list[_Window]) -> _Window | None:
         """Split off the older half of the bounded window with the most pages left; None if
@@ -324,7 +358,7 @@ class CustomerWalk:
         otherwise only follow the first window's pace until all of them end together; with
         growing chunks each window is done about when the writer reaches it."""
         unclaimed = sum(1 for w in self._windows if not w.claimed and not w.listed)
-        wanted = self._idle - unclaimed
+        wanted = min(self._idle, self._window_limit() - self._active) - unclaimed
         if wanted <= 0 or window.span is None or window.position is None:
             return
         window_pages = self._settings.window_pages

@@ -127,8 +127,10 @@ class SyncCustomersConfig(Config):
         default=DEFAULT_CONCURRENCY,
         ge=1,
         le=32,
-        description="Windows of `created` seconds listed concurrently after the walk fans out. "
-        "1 walks the customer list sequentially, for servers without `created` filters.",
+        description="At most this many windows of `created` seconds listed at once after the "
+        "walk fans out; it keeps as many going as the key's rate limit can serve at the pace "
+        "of its pages (6 at 25 requests/s and 200 ms pages). 1 walks the customer list "
+        "sequentially, for servers without `created` filters.",
     )
     fan_out_after_seconds: float = Field(
         default=DEFAULT_FAN_OUT_AFTER_SECONDS,
@@ -152,9 +154,10 @@ class SyncCustomersConfig(Config):
         "half as many when the next page is not fetched yet, so the writer does not wait.",
     )
 
-    def fetch_settings(self) -> FetchSettings:
+    def fetch_settings(self, requests_per_second: float | None = None) -> FetchSettings:
         return FetchSettings(
             concurrency=self.fetch_concurrency,
+            requests_per_second=requests_per_second,
             fan_out_after_seconds=self.fan_out_after_seconds,
             batch_size=self.write_batch_size,
         )
@@ -298,7 +301,7 @@ def sync_customers(
                 client,
                 checkpoint if resuming else None,
                 watch,
-                config.fetch_settings(),
+                config.fetch_settings(limiter.rate),
             )
     except Failure:
         raise

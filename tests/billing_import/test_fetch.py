@@ -59,6 +59,20 @@ def listing_requests(sandbox) -> list[dict]:
     return sandbox.state.requests(path="/v1/customers", method="GET")
 
 
+def most_requests_at_once(sandbox) -> int:
+    """The most listing requests the sandbox was answering at the same moment."""
+    events = sorted(
+        (entry["time"] + (entry["duration_ms"] / 1000 if end else 0), -1 if end else 1)
+        for entry in listing_requests(sandbox)
+        for end in (False, True)
+    )
+    most = current = 0
+    for _, change in events:
+        current += change
+        most = max(most, current)
+    return most
+
+
 @pytest.mark.parametrize("max_buffered_pages", [None, 1])
 def test_windows_list_every_customer_exactly_once_in_list_order(stripe_sandbox, max_buffered_pages):
     newest_first = add_customers_sharing_seconds(stripe_sandbox, 1500, per_second=37)
@@ -226,6 +240,32 @@ def test_min_batch_size_must_fit_the_batch():
     with pytest.raises(ValueError, match="min_batch_size"):
         FetchSettings(batch_size=1000, min_batch_size=1001)
     assert FetchSettings(batch_size=1000).early_batch_size == 500
+
+
+@pytest.mark.parametrize(
+    ("requests_per_second", "expected_at_once"),
+    [(20, 3), (None, 6)],
+    ids=["rate-limited", "no rate given"],
+)
+def test_the_walk_keeps_as_many_windows_going_as_the_rate_can_serve(
+    stripe_sandbox, requests_per_second, expected_at_once
+):
+    newest_first = add_customers_sharing_seconds(stripe_sandbox, 4000, per_second=2)
+    stripe_sandbox.state.configure(latency_ms=100)
+    settings = FetchSettings(
+        concurrency=6,
+        requests_per_second=requests_per_second,
+        fan_out_after_seconds=0,
+        window_pages=3,
+    )
+
+    batches = list(
+        iter_customer_batches(client_for(stripe_sandbox), created_lte=SNAPSHOT, settings=settings)
+    )
+
+    assert listed_ids(batches) == newest_first
+    # 20 requests/s of 100 ms pages: 2 in flight use the rate, plus one between pages.
+    assert most_requests_at_once(stripe_sandbox) == expected_at_once
 
 
 def test_windowed_walk_resumes_after_a_cursor(stripe_sandbox):
@@ -397,6 +437,38 @@ def test_a_windowed_import_writes_what_a_sequential_one_does(stripe_sandbox, ins
         )
 
     assert results[0] == results[1]
+
+
+def test_the_import_walks_as_many_windows_as_its_rate_limit_serves(
+    db, mongo_uri, stripe_sandbox, instance
+):
+    stripe_sandbox.state.seed_customers(1500, seed=23, account=CONNECTED_ACCOUNT)
+    stripe_sandbox.state.configure(latency_ms=100)
+    import_id = add_request(db, add_account(db))
+
+    run = billing_contact_import.execute_in_process(
+        run_config={
+            "ops": {
+                "claim_import_request": {"config": {"import_id": str(import_id)}},
+                "sync_customers": {
+                    "config": {
+                        "fetch_concurrency": 8,
+                        "fan_out_after_seconds": 0,
+                        "requests_per_second": 20,
+                    }
+                },
+            }
+        },
+        resources={
+            "mongo": MongoResource(uri=mongo_uri),
+            "stripe": StripeResource(api_base=stripe_sandbox.url),
+        },
+        instance=instance,
+    )
+
+    assert run.success
+    assert import_result(db, import_id)["customers_fetched"] == 1500
+    assert most_requests_at_once(stripe_sandbox) == 3  # 20/s x 100 ms + 1, not 8
 
 
 def test_a_windowed_import_resumes_from_its_checkpoint(db, mongo_uri, stripe_sandbox, instance):
