@@ -239,7 +239,12 @@ def import_process(conn: Connection, params: dict[str, Any]) -> None:
 
     sync_config = {
         name: params[name]
-        for name in ("fetch_concurrency", "write_batch_size", "fan_out_after_seconds")
+        for name in (
+            "fetch_concurrency",
+            "write_batch_size",
+            "fan_out_after_seconds",
+            "requests_per_second",
+        )
         if params.get(name) is not None
     }
     run_config: dict[str, Any] = {
@@ -558,7 +563,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--latency-ms", type=float, default=200.0, help="page latency (200)")
     parser.add_argument(
-        "--rate-limit", type=float, default=25.0, help="sandbox requests/s per key (25)"
+        "--rate-limit",
+        type=float,
+        default=25.0,
+        help="sandbox requests/s per key, and the import's requests_per_second (25)",
     )
     parser.add_argument(
         "--store-latency-ms",
@@ -610,6 +618,8 @@ def _params(args, address, authkey, url: str, prepared: dict[str, Any], n: int) 
         "authkey": authkey,
         "url": url,
         "n": n,
+        # The sandbox's limit, which the key's default (25/s for test keys) need not be.
+        "requests_per_second": args.rate_limit,
         "fetch_concurrency": args.concurrency,
         "write_batch_size": args.batch_size,
         "profile": args.profile,
