@@ -43,7 +43,8 @@ from stripe_crm_pipelines.billing_import.mapping import (
 
 CONTACT_SOURCE = "stripe"
 SAMPLE_SIZE = 5
-BACKFILL_BATCH_SIZE = 1000
+BACKFILL_BATCH_SIZE = 5000
+"""Contacts given their email key per bulk write."""
 DUPLICATE_KEY = 11000
 
 

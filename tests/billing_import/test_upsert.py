@@ -6,6 +6,7 @@ import pytest
 from bson import ObjectId
 
 from stripe_crm_pipelines import store
+from stripe_crm_pipelines.billing_import import upsert
 from stripe_crm_pipelines.billing_import.mapping import parse_mappings
 from stripe_crm_pipelines.billing_import.upsert import (
     SeenCustomers,
@@ -425,3 +426,20 @@ def test_backfill_gives_other_tools_contacts_an_email_key(contacts):
         "mixed@case.com",
     ]
     assert "email_key" not in contacts.find_one({"type": "business"})
+
+
+def test_backfill_writes_in_batches_and_counts_conflicts_across_them(contacts, monkeypatch):
+    monkeypatch.setattr(upsert, "BACKFILL_BATCH_SIZE", 2)
+    target = make_target()
+    contacts.insert_many(
+        [{**target.scope(), "email": f"c{n}@example.com"} for n in range(4)]
+        + [{**target.scope(), "email": "C0@example.com"}]
+    )
+    counting = CountingCollection(contacts)
+
+    backfill = backfill_email_keys(counting, target)
+
+    assert (backfill.updated, backfill.conflicts) == (4, 1)
+    assert counting.calls == ["find", "bulk_write", "bulk_write", "bulk_write"]
+    keys = [c.get("email_key") for c in contacts.find(target.scope())]
+    assert sorted(k for k in keys if k) == [f"c{n}@example.com" for n in range(4)]
