@@ -17,11 +17,10 @@ take 20 s while the rate limit (25 requests/s on test keys) would allow 4 s. A
   :attr:`FetchSettings.window_pages` pages per idle worker, the last chunk open-ended again;
   only a listed page shows that the listing goes on, so no request is spent on seconds older
   than the oldest customer. At the first fan-out the chunks grow from :data:`RAMP_PAGES` pages
-  instead, so the newest windows, which are handed over first, end first. An idle worker
-  also steals the older half of the bounded window
-  with the most pages left. Windows are disjoint ranges of whole seconds: customers created in
-  the same second are never split across two windows, and the part of a second after a
-  window's cursor stays with that window.
+  instead, so the newest windows, which are handed over first, end first. An idle worker also
+  steals the older half of the bounded window with the most pages left. Windows are disjoint
+  ranges of whole seconds: customers created in the same second are never split across two
+  windows, and the part of a second after a window's cursor stays with that window.
 * Order: pages are handed over newest first, exactly in the order of one sequential walk (window
   after window, each in list order), however the windows were fetched. So the first customer
   with an email still wins over older ones, a checkpoint is one cursor, and ``max_customers``
@@ -352,7 +351,7 @@ class CustomerWalk:
         the last one open-ended again. Only the owner cuts: only a listed page shows that the
         listing goes on, so no request is spent on seconds older than the oldest customer.
 
-        When ``window`` is the one being handed over (the first fan-out), the chunks grow
+        When ``window`` is the one being handed over (as at the first fan-out), the chunks grow
         instead: :data:`RAMP_PAGES` pages for the owner, twice that for the next window, and so
         on up to ``window_pages``. A window is walked one page at a time, so the writer could
         otherwise only follow the first window's pace until all of them end together; with

@@ -109,8 +109,8 @@ class SeenCustomers:
     claimed_keys: dict[tuple[str, str], str] = field(default_factory=dict)
     """(``stripe_customer_id`` or ``email_key``, value) an updated contact had before this import
     changed it → id of the customer that updated it. An older customer that would have matched
-    the contact by it is a duplicate whether or not the update has landed by its lookup, so the
-    outcome does not depend on where batches begin."""
+    the contact by it is a duplicate, in the same batch or in a later one (whose lookup no longer
+    finds the contact by a changed key), so where batches begin does not change the outcome."""
 
     def claimed_by(self, customer_id: str, email_key: str | None) -> str | None:
         """The customer that already took the contact this customer matched at the start."""
