@@ -51,6 +51,15 @@ def newest_first_created(sandbox) -> list[int]:
     return [customer["created"] for customer in sandbox.state.customers(CONNECTED_ACCOUNT)]
 
 
+def list_batches(sandbox, settings: FetchSettings | None = None, **options) -> list:
+    """Every batch of a walk of the sandbox's connected account, up to the snapshot."""
+    return list(
+        iter_customer_batches(
+            client_for(sandbox), created_lte=SNAPSHOT, settings=settings, **options
+        )
+    )
+
+
 def listed_ids(batches) -> list[str]:
     return [customer["id"] for batch in batches for customer in batch.customers]
 
@@ -84,9 +93,7 @@ def test_windows_list_every_customer_exactly_once_in_list_order(stripe_sandbox, 
         max_buffered_pages=max_buffered_pages,
     )
 
-    batches = list(
-        iter_customer_batches(client_for(stripe_sandbox), created_lte=SNAPSHOT, settings=settings)
-    )
+    batches = list_batches(stripe_sandbox, settings)
 
     assert listed_ids(batches) == newest_first
     assert [batch.has_more for batch in batches] == [True] * (len(batches) - 1) + [False]
@@ -106,9 +113,7 @@ def test_a_second_shared_by_many_customers_is_never_split_between_windows(stripe
     # 700 customers in three seconds: every page after the first ends inside a crowded second.
     newest_first = add_customers_sharing_seconds(stripe_sandbox, 700, per_second=250)
 
-    ids = listed_ids(
-        iter_customer_batches(client_for(stripe_sandbox), created_lte=SNAPSHOT, settings=WINDOWED)
-    )
+    ids = listed_ids(list_batches(stripe_sandbox, WINDOWED))
 
     assert ids == newest_first
     assert not [id_ for id_, seen in Counter(ids).items() if seen > 1]
@@ -135,11 +140,7 @@ def test_customers_created_while_the_walk_runs_are_left_for_the_next_import(stri
     creator = threading.Thread(target=keep_creating)
     creator.start()
     try:
-        ids = listed_ids(
-            iter_customer_batches(
-                client_for(stripe_sandbox), created_lte=SNAPSHOT, settings=WINDOWED
-            )
-        )
+        ids = listed_ids(list_batches(stripe_sandbox, WINDOWED))
     finally:
         stop.set()
         creator.join()
@@ -153,9 +154,7 @@ def test_sequential_mode_walks_one_cursor_without_created_windows(stripe_sandbox
     newest_first = add_customers_sharing_seconds(stripe_sandbox, 450, per_second=2)
     settings = FetchSettings(concurrency=1, fan_out_after_seconds=0)
 
-    batches = list(
-        iter_customer_batches(client_for(stripe_sandbox), created_lte=SNAPSHOT, settings=settings)
-    )
+    batches = list_batches(stripe_sandbox, settings)
 
     assert listed_ids(batches) == newest_first
     assert [len(batch.customers) for batch in batches] == [100, 100, 100, 100, 50]
@@ -170,7 +169,7 @@ def test_sequential_mode_walks_one_cursor_without_created_windows(stripe_sandbox
 def test_a_small_account_stays_sequential_until_the_walk_has_taken_a_while(stripe_sandbox):
     add_customers_sharing_seconds(stripe_sandbox, 450, per_second=2)
 
-    list(iter_customer_batches(client_for(stripe_sandbox), created_lte=SNAPSHOT))
+    list_batches(stripe_sandbox)
 
     requests = listing_requests(stripe_sandbox)
     assert len(requests) == 5
@@ -183,9 +182,7 @@ def test_the_first_windows_grow_so_the_newest_are_done_first(stripe_sandbox):
     stripe_sandbox.state.configure(latency_ms=30)  # the other workers are idle by the first page
     settings = FetchSettings(concurrency=4, fan_out_after_seconds=0, window_pages=10)
 
-    batches = list(
-        iter_customer_batches(client_for(stripe_sandbox), created_lte=SNAPSHOT, settings=settings)
-    )
+    batches = list_batches(stripe_sandbox, settings)
 
     assert listed_ids(batches) == newest_first
     # The first page's owner keeps 2 pages (198 seconds); the idle workers' windows follow it
@@ -225,9 +222,7 @@ def test_a_batch_goes_early_at_half_its_size_rather_than_keep_the_writer_waiting
         min_batch_size=min_batch_size,
     )
 
-    batches = list(
-        iter_customer_batches(client_for(stripe_sandbox), created_lte=SNAPSHOT, settings=settings)
-    )
+    batches = list_batches(stripe_sandbox, settings)
 
     assert listed_ids(batches) == newest_first
     assert [batch.has_more for batch in batches] == [True] * (len(batches) - 1) + [False]
@@ -262,9 +257,7 @@ def test_the_walk_keeps_as_many_windows_going_as_the_rate_can_serve(
         window_pages=3,
     )
 
-    batches = list(
-        iter_customer_batches(client_for(stripe_sandbox), created_lte=SNAPSHOT, settings=settings)
-    )
+    batches = list_batches(stripe_sandbox, settings)
 
     assert listed_ids(batches) == newest_first
     # 20 requests/s of 100 ms pages: 2 in flight use the rate, plus one between pages.
@@ -275,14 +268,7 @@ def test_windowed_walk_resumes_after_a_cursor(stripe_sandbox):
     newest_first = add_customers_sharing_seconds(stripe_sandbox, 900, per_second=5)
     cursor = newest_first[333]
 
-    batches = list(
-        iter_customer_batches(
-            client_for(stripe_sandbox),
-            created_lte=SNAPSHOT,
-            starting_after=cursor,
-            settings=WINDOWED,
-        )
-    )
+    batches = list_batches(stripe_sandbox, WINDOWED, starting_after=cursor)
 
     assert listed_ids(batches) == newest_first[334:]
 
@@ -290,14 +276,7 @@ def test_windowed_walk_resumes_after_a_cursor(stripe_sandbox):
 def test_windowed_walk_keeps_the_newest_customers_up_to_the_limit(stripe_sandbox):
     newest_first = add_customers_sharing_seconds(stripe_sandbox, 900, per_second=5)
 
-    batches = list(
-        iter_customer_batches(
-            client_for(stripe_sandbox),
-            created_lte=SNAPSHOT,
-            max_customers=420,
-            settings=WINDOWED,
-        )
-    )
+    batches = list_batches(stripe_sandbox, WINDOWED, max_customers=420)
 
     assert listed_ids(batches) == newest_first[:420]
     assert batches[-1].has_more
