@@ -32,13 +32,11 @@ from time import sleep
 from typing import Any, TypeVar
 
 from dagster import get_dagster_logger
-from pymongo.errors import BulkWriteError, ConnectionFailure
+from pymongo.errors import BulkWriteError
 from pymongo.results import BulkWriteResult
 
-TRANSIENT_ERRORS: tuple[type[Exception], ...] = (ConnectionFailure,)
-"""``ConnectionFailure`` and its subclasses ``AutoReconnect``, ``NetworkTimeout`` and
-``ServerSelectionTimeoutError``."""
-DUPLICATE_KEY = 11000
+from stripe_crm_pipelines.errors import DUPLICATE_KEY, MONGO_CONNECTION_ERRORS
+
 RETRIED_METHODS = frozenset(
     {
         "find_one",
@@ -88,7 +86,7 @@ class MongoRetry:
         while True:
             try:
                 return function()
-            except TRANSIENT_ERRORS as error:
+            except MONGO_CONNECTION_ERRORS as error:
                 if attempt >= self.attempts:
                     raise
                 delay = self.delay(attempt)

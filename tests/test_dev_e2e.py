@@ -11,8 +11,9 @@ import datetime as dt
 import pytest
 from bson import ObjectId
 
-from stripe_crm_pipelines import demo, store
+from stripe_crm_pipelines import store
 from stripe_crm_pipelines.billing_import import tags
+from stripe_crm_pipelines.local import demo
 from tests.devstack import ACTIVE_RUN_STATUSES
 
 pytestmark = pytest.mark.slow

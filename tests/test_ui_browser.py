@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from stripe_crm_pipelines import demo, store
+from stripe_crm_pipelines import store
 from stripe_crm_pipelines.billing_import import tags
+from stripe_crm_pipelines.local import demo
 
 pytestmark = pytest.mark.slow
 

@@ -60,9 +60,7 @@ from stripe_crm_pipelines.billing_import.requests import (
     IMPORT_SOURCE,
     ImportRequest,
     InvalidImportRequest,
-    billing_key_filter,
     parse_import_request,
-    parse_stripe_credentials,
 )
 from stripe_crm_pipelines.billing_import.results import (
     ImportOutcome,
@@ -79,8 +77,10 @@ from stripe_crm_pipelines.billing_import.upsert import (
     recall_page,
     upsert_customers,
 )
+from stripe_crm_pipelines.errors import is_transient
 from stripe_crm_pipelines.resources import MongoResource, StripeResource
 from stripe_crm_pipelines.resources.stripe import RequestStats, stripe_error_message
+from stripe_crm_pipelines.stripe_keys import StripeKeyError, load_billing_credentials
 
 DEFAULT_MAX_CUSTOMERS = 50_000
 """Safety cap of one import (seed issue 8) when neither the request nor the run sets one."""
@@ -93,15 +93,8 @@ SYNC_RETRY_POLICY = RetryPolicy(
 """Retries of ``sync_customers`` after transient Stripe or MongoDB errors; a retry resumes from
 the request's checkpoint. Each Stripe request is also retried inside the client."""
 WRITE_RETRY_POLICY = RetryPolicy(max_retries=2, delay=2, backoff=Backoff.EXPONENTIAL)
-
-# Stripe answers that no retry can fix: bad key (401), no access (403), bad request or unknown
-# connected account (400/404).
-PERMANENT_STRIPE_ERRORS = (
-    stripe.AuthenticationError,
-    stripe.PermissionError,
-    stripe.InvalidRequestError,
-)
-TRANSIENT_ERRORS = (stripe.StripeError, PyMongoError)
+EXPECTED_ERRORS = (stripe.StripeError, PyMongoError)
+"""Errors the failure message fully describes; anything else keeps its traceback."""
 
 
 class ImportRunConfig(Config):
@@ -275,11 +268,8 @@ def sync_customers(
         outcome.max_customers = claimed.max_customers
 
     try:
-        credentials = parse_stripe_credentials(
-            db[store.STRIPE_KEYS].find_one(billing_key_filter(request.account_id)),
-            request.account_id,
-        )
-    except InvalidImportRequest as error:
+        credentials = load_billing_credentials(db, request.account_id)
+    except StripeKeyError as error:
         fail_import(context, db, import_id, str(error), outcome)
 
     stats = RequestStats()
@@ -330,10 +320,10 @@ def sync_customers(
     except Exception as error:
         outcome.record_requests(stats)
         message = _scrub(_failure_message(error), credentials.secret_key)
-        if _is_transient(error) and context.retry_number < SYNC_RETRY_POLICY.max_retries:
+        if is_transient(error) and context.retry_number < SYNC_RETRY_POLICY.max_retries:
             context.log.warning(f"{message}; the op will retry from the last checkpoint")
             raise Failure(description=message, allow_retries=True) from None
-        unexpected = not isinstance(error, TRANSIENT_ERRORS)
+        unexpected = not isinstance(error, EXPECTED_ERRORS)
         fail_import(context, db, import_id, message, outcome, cause=error if unexpected else None)
 
     outcome.record_requests(stats)
@@ -587,10 +577,6 @@ def _new_outcome(request: ImportRequest, started_at: datetime) -> ImportOutcome:
 
 def _progress(outcome: ImportOutcome) -> str:
     return f"{outcome.pages_fetched} page(s), {outcome.customers_fetched} customers"
-
-
-def _is_transient(error: Exception) -> bool:
-    return isinstance(error, TRANSIENT_ERRORS) and not isinstance(error, PERMANENT_STRIPE_ERRORS)
 
 
 def _failure_message(error: Exception) -> str:

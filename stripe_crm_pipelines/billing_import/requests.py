@@ -1,4 +1,4 @@
-"""Parse and validate billing import requests (``queues`` documents) and their Stripe keys.
+"""Parse and validate billing import requests (``queues`` documents).
 
 Everything a run needs from MongoDB passes through here once, so the rest of the import works
 with typed values and an invalid request fails before any write with a message naming the field.
@@ -7,7 +7,7 @@ with typed values and an invalid request fails before any write with a message n
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from bson import ObjectId
@@ -16,11 +16,10 @@ from stripe_crm_pipelines.billing_import.mapping import FieldMapping, MappingErr
 
 IMPORT_SOURCE = "billing-contacts"
 CONTACT_TYPES = {"contacts": "person", "companies": "business"}
-BILLING_APP = "billing"
 
 
 class InvalidImportRequest(ValueError):
-    """An import request or its Stripe key cannot be used; the message names the field."""
+    """An import request cannot be used; the message names the field."""
 
 
 @dataclass(frozen=True)
@@ -39,19 +38,6 @@ class ImportRequest:
     max_customers: int | None
     attempts: int
     checkpoint: dict[str, Any] | None
-
-
-@dataclass(frozen=True)
-class StripeCredentials:
-    """A connected account's Stripe key; the key itself never appears in repr, str or errors."""
-
-    secret_key: str = field(repr=False)
-    stripe_account: str | None
-
-    def __repr__(self) -> str:
-        return f"StripeCredentials(secret_key='***', stripe_account={self.stripe_account!r})"
-
-    __str__ = __repr__
 
 
 def parse_import_request(document: Mapping[str, Any]) -> ImportRequest:
@@ -93,32 +79,6 @@ def parse_import_request(document: Mapping[str, Any]) -> ImportRequest:
     )
 
 
-def billing_key_filter(account_id: ObjectId) -> dict[str, Any]:
-    """The ``stripe_key`` query for an account's billing key; ``connected_apps`` may be an array."""
-    return {"account_id": account_id, "connected_apps": BILLING_APP}
-
-
-def parse_stripe_credentials(
-    document: Mapping[str, Any] | None, account_id: object
-) -> StripeCredentials:
-    """The key and connected account of a ``stripe_key`` document (None: no key connected)."""
-    if document is None:
-        raise InvalidImportRequest(f"account {account_id} has no Stripe key connected for billing")
-    where = f"stripe_key of account {account_id}"
-    token = document.get("token")
-    if token is None:
-        raise InvalidImportRequest(f"{where}: token is missing")
-    if not isinstance(token, Mapping):
-        raise InvalidImportRequest(f"{where}: token must be an object, got {_describe(token)}")
-    secret_key = token.get("access_token")
-    if not isinstance(secret_key, str) or not secret_key.strip():
-        raise InvalidImportRequest(f"{where}: token.access_token {_unusable(secret_key)}")
-    stripe_account = token.get("stripe_user_id")
-    if not isinstance(stripe_account, str) or not stripe_account.strip():
-        raise InvalidImportRequest(f"{where}: token.stripe_user_id {_unusable(stripe_account)}")
-    return StripeCredentials(secret_key=secret_key.strip(), stripe_account=stripe_account.strip())
-
-
 def _object_id(document: Mapping[str, Any], name: str, required: bool = True) -> ObjectId | None:
     value = document.get(name)
     if isinstance(value, ObjectId):
@@ -153,15 +113,6 @@ def _integer(document: Mapping[str, Any], name: str, minimum: int) -> int | None
         kind = "a positive integer" if minimum > 0 else "a non-negative integer"
         raise InvalidImportRequest(f"{name}: must be {kind}, got {value!r}")
     return value
-
-
-def _unusable(value: object) -> str:
-    """Why a credential field cannot be used, never showing its value."""
-    if value is None:
-        return "is missing"
-    if isinstance(value, str):
-        return "is empty"
-    return f"must be a string, got {_describe(value)}"
 
 
 def _describe(value: object) -> str:

@@ -46,9 +46,10 @@ from stripe_crm_pipelines.billing_import.recovery import (
     recover_run,
     recover_stale_claims,
 )
-from stripe_crm_pipelines.billing_import.requests import BILLING_APP, IMPORT_SOURCE
+from stripe_crm_pipelines.billing_import.requests import IMPORT_SOURCE
 from stripe_crm_pipelines.resources import MongoResource
 from stripe_crm_pipelines.resources.stripe import redact_api_keys
+from stripe_crm_pipelines.stripe_keys import BILLING_APP
 
 PENDING_FILTER = {"source": IMPORT_SOURCE, "status": "pending", "in_progress": False}
 RUN_END_SENSOR_INTERVAL_SECONDS = 10

@@ -40,12 +40,12 @@ from stripe_crm_pipelines.billing_import.mapping import (
     old_field_values,
     set_fields,
 )
+from stripe_crm_pipelines.errors import DUPLICATE_KEY
 
 CONTACT_SOURCE = "stripe"
 SAMPLE_SIZE = 5
 BACKFILL_BATCH_SIZE = 5000
 """Contacts given their email key per bulk write."""
-DUPLICATE_KEY = 11000
 
 
 @dataclass(frozen=True)

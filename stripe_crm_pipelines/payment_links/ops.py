@@ -24,11 +24,7 @@ from dagster import (
 from pydantic import Field
 
 from stripe_crm_pipelines import store
-from stripe_crm_pipelines.billing_import.requests import (
-    InvalidImportRequest,
-    billing_key_filter,
-    parse_stripe_credentials,
-)
+from stripe_crm_pipelines.errors import is_transient
 from stripe_crm_pipelines.payment_links.customers import (
     ResolvedCustomer,
     crm_api_customer_creator,
@@ -52,9 +48,13 @@ from stripe_crm_pipelines.resources.crm_api import CrmApiError, CrmApiResource
 from stripe_crm_pipelines.resources.mongo import MongoResource
 from stripe_crm_pipelines.resources.shortener import ShortenerResource
 from stripe_crm_pipelines.resources.stripe import (
-    RETRYABLE_STATUSES,
     StripeResource,
     stripe_error_message,
+)
+from stripe_crm_pipelines.stripe_keys import (
+    StripeCredentials,
+    StripeKeyError,
+    load_billing_credentials,
 )
 
 NETWORK_RETRY_POLICY = RetryPolicy(
@@ -308,7 +308,7 @@ def issue_invoice(
             options={"idempotency_key": idempotency_key(run_id, "finalize")},
         )
     except stripe_sdk.StripeError as error:
-        if may_retry and _is_transient(error):
+        if may_retry and is_transient(error):
             raise _stripe_failure(error, step, allow_retries=True) from None
         _delete_draft(client, draft.id, log)
         raise _stripe_failure(
@@ -342,11 +342,10 @@ def _load_contact(db, request: PaymentLinkRequest) -> dict:
     return contact
 
 
-def _stripe_credentials(db, request: PaymentLinkRequest):
-    document = db[store.STRIPE_KEYS].find_one(billing_key_filter(request.account_id))
+def _stripe_credentials(db, request: PaymentLinkRequest) -> StripeCredentials:
     try:
-        return parse_stripe_credentials(document, request.account_id)
-    except InvalidImportRequest as error:
+        return load_billing_credentials(db, request.account_id)
+    except StripeKeyError as error:
         raise Failure(description=f"account_id: {error}", allow_retries=False) from None
 
 
@@ -358,12 +357,6 @@ def _stripe_client(db, resource: StripeResource, request: PaymentLinkRequest):
 def _may_retry(context: OpExecutionContext) -> bool:
     """Whether the retry policy still allows this op another attempt."""
     return context.retry_number < NETWORK_RETRY_POLICY.max_retries
-
-
-def _is_transient(error: Exception) -> bool:
-    if isinstance(error, stripe_sdk.APIConnectionError):
-        return True
-    return isinstance(error, stripe_sdk.StripeError) and error.http_status in RETRYABLE_STATUSES
 
 
 def _stripe_failure(error: stripe_sdk.StripeError, step: str, *, allow_retries: bool) -> Failure:
@@ -388,7 +381,7 @@ def _failures_from_calls(step: str, *, may_retry: bool) -> Iterator[None]:
         raise Failure(description=str(error), allow_retries=False) from None
     except stripe_sdk.StripeError as error:
         raise _stripe_failure(
-            error, step, allow_retries=may_retry and _is_transient(error)
+            error, step, allow_retries=may_retry and is_transient(error)
         ) from None
     except CrmApiError as error:
         raise Failure(

@@ -23,7 +23,7 @@ class ShortenedUrl:
 class ShortenerResource(ConfigurableResource):
     """POSTs ``{"url": long_url}`` to the shortener and reads ``short_url`` from its JSON answer.
 
-    The protocol is the one :mod:`stripe_crm_pipelines.local_shortener` serves. With no base URL
+    The protocol is the one :mod:`stripe_crm_pipelines.local.shortener` serves. With no base URL
     (neither ``base_url`` nor ``SHORTENER_URL``) nothing is shortened and the long URL is kept.
     """
 

@@ -16,8 +16,9 @@ import stripe
 from dagster import ConfigurableResource
 from pydantic import Field
 
+from stripe_crm_pipelines.errors import RETRYABLE_STRIPE_STATUSES
+
 DEFAULT_API_BASE = "https://api.stripe.com"
-RETRYABLE_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
 MAX_RETRY_AFTER_SECONDS = 60.0
 _API_KEY = re.compile(r"\b([sr]k_(?:live|test)_)[A-Za-z0-9_]+")
 
@@ -88,7 +89,7 @@ class RetryingRequestsClient(stripe.RequestsClient):
                 retry_after = None
             else:
                 _, status, response_headers = response
-                if status not in RETRYABLE_STATUSES or attempt >= self.max_retries:
+                if status not in RETRYABLE_STRIPE_STATUSES or attempt >= self.max_retries:
                     return response
                 if _header(response_headers, "Stripe-Should-Retry") == "false":
                     return response

@@ -18,7 +18,7 @@ from dagster import DagsterEventType, DagsterInstance
 from dagster._serdes import serialize_value
 
 from stripe_crm_pipelines import store
-from stripe_crm_pipelines.local_shortener import start_local_shortener
+from stripe_crm_pipelines.local.shortener import start_local_shortener
 from stripe_crm_pipelines.payment_links.invoice import due_date_timestamp
 from stripe_crm_pipelines.payment_links.job import create_payment_link
 from stripe_crm_pipelines.resources import MongoResource, StripeResource

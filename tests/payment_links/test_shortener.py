@@ -8,7 +8,7 @@ import time
 import pytest
 import requests
 
-from stripe_crm_pipelines.local_shortener import main, start_local_shortener
+from stripe_crm_pipelines.local.shortener import main, start_local_shortener
 from stripe_crm_pipelines.resources.shortener import ShortenerResource
 
 LONG_URL = "https://invoice.stripe.com/i/acct_1/test_abc?s=ap"
@@ -87,7 +87,7 @@ def test_cli_help(capsys):
 def test_runs_as_a_module():
     port = int(closed_port_url().rsplit(":", 1)[1])
     process = subprocess.Popen(
-        [sys.executable, "-m", "stripe_crm_pipelines.local_shortener", "--port", str(port)],
+        [sys.executable, "-m", "stripe_crm_pipelines.local.shortener", "--port", str(port)],
         stderr=subprocess.DEVNULL,
     )
     try:

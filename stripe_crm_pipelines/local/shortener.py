@@ -8,7 +8,7 @@ Protocol, the one :class:`~stripe_crm_pipelines.resources.shortener.ShortenerRes
 * ``GET /`` → ``{"links": <count>}``; ``GET /health`` → ``{"status": "ok"}``.
 
 Links live in memory and are gone when the process stops. Run it with
-``python -m stripe_crm_pipelines.local_shortener --port 8765`` and point ``SHORTENER_URL`` at it,
+``python -m stripe_crm_pipelines.local.shortener --port 8765`` and point ``SHORTENER_URL`` at it,
 or start one in a thread from Python with :func:`start_local_shortener`.
 """
 
@@ -161,7 +161,7 @@ def _handler_for(shortener: LocalShortener, *, quiet: bool) -> type[BaseHTTPRequ
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m stripe_crm_pipelines.local_shortener",
+        prog="python -m stripe_crm_pipelines.local.shortener",
         description="In-memory URL shortener for local development: POST / with "
         '{"url": ...} returns {"short_url": ...}; GET /<code> redirects.',
     )

@@ -1,0 +1,201 @@
+"""Run the whole project locally: ``python -m stripe_crm_pipelines.dev`` (what ``make dev`` runs).
+
+Starts the local Stripe sandbox (with a demo connected account of customers), the local URL
+shortener, seeds the embedded store with demo data once, then runs ``dagster dev`` (webserver and
+daemon). Ctrl-C (or SIGTERM) stops everything it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from stripe_crm_pipelines import store
+from stripe_crm_pipelines.local import demo
+from stripe_crm_pipelines.resources.stripe import StripeResource
+
+STOP_TIMEOUT_SECONDS = 20
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m stripe_crm_pipelines.dev",
+        description=__doc__.split("\n\n")[1].replace("\n", " "),
+    )
+    parser.add_argument(
+        "--project-dir",
+        type=Path,
+        default=Path.cwd(),
+        help="Project directory holding workspace.yaml and dagster.yaml "
+        "(default: the current directory).",
+    )
+    parser.add_argument(
+        "--dagster-home",
+        type=Path,
+        default=None,
+        help="DAGSTER_HOME for run history (default: PROJECT/.dagster_home).",
+    )
+    parser.add_argument(
+        "--store-dir",
+        type=Path,
+        default=None,
+        help="Embedded store directory used when MONGODB_URI is unset "
+        "(default: PROJECT/.local/store).",
+    )
+    parser.add_argument("--port", type=int, default=3000, help="Dagster UI port (default 3000).")
+    parser.add_argument(
+        "--sandbox-port", type=int, default=12111, help="Local Stripe sandbox port (default 12111)."
+    )
+    parser.add_argument(
+        "--shortener-port", type=int, default=8765, help="Local URL shortener port (default 8765)."
+    )
+    parser.add_argument("--no-demo", action="store_true", help="Do not seed demo data.")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    project = args.project_dir.resolve()
+    dagster_home = (args.dagster_home or project / ".dagster_home").resolve()
+    store_dir = (args.store_dir or project / ".local" / "store").resolve()
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(project / "dagster.yaml", dagster_home / "dagster.yaml")
+
+    sandbox_url = f"http://127.0.0.1:{args.sandbox_port}"
+    shortener_url = f"http://127.0.0.1:{args.shortener_port}"
+    env = dict(os.environ)
+    env.setdefault("MONGODB_URI", store_dir.as_uri())
+    env.update(
+        DAGSTER_HOME=str(dagster_home),
+        STRIPE_API_BASE=sandbox_url,
+        SHORTENER_URL=shortener_url,
+        PYTHONUNBUFFERED="1",
+    )
+
+    children: list[subprocess.Popen] = []
+
+    def stop(*_signal_args) -> None:
+        raise KeyboardInterrupt
+
+    # Ctrl-C and SIGTERM both stop everything; installing the SIGINT handler explicitly also
+    # covers launchers that start this process with SIGINT ignored (e.g. `make dev &`).
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        children.append(
+            _start(
+                [
+                    sys.executable,
+                    "-m",
+                    "stripe_crm_pipelines.sandbox",
+                    "--port",
+                    str(args.sandbox_port),
+                    "--seed-customers",
+                    str(demo.DEMO_CUSTOMER_COUNT),
+                    "--account",
+                    demo.DEMO_STRIPE_ACCOUNT,
+                ],
+                env,
+            )
+        )
+        _wait_for(f"{sandbox_url}/_sandbox/health", "Stripe sandbox")
+        children.append(
+            _start(
+                [
+                    sys.executable,
+                    "-m",
+                    "stripe_crm_pipelines.local.shortener",
+                    "--port",
+                    str(args.shortener_port),
+                ],
+                env,
+            )
+        )
+        _wait_for(f"{shortener_url}/health", "URL shortener")
+        if not args.no_demo:
+            _seed_demo(env["MONGODB_URI"], sandbox_url)
+        print(
+            f"Dagster UI: http://127.0.0.1:{args.port}  (DAGSTER_HOME={dagster_home})", flush=True
+        )
+        dagster = _start(
+            [
+                sys.executable,
+                "-m",
+                "dagster",
+                "dev",
+                "-w",
+                str(project / "workspace.yaml"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(args.port),
+            ],
+            env,
+            cwd=project,
+        )
+        children.append(dagster)
+        return dagster.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        _stop_all(children)
+
+
+def _seed_demo(mongo_uri: str, sandbox_url: str) -> None:
+    client = StripeResource(api_base=sandbox_url).client(
+        demo.DEMO_SECRET_KEY, demo.DEMO_STRIPE_ACCOUNT
+    )
+    summary = demo.seed_demo(store.connect(mongo_uri), client)
+    print(
+        f"Demo data ready: account {summary.account_id}, import request {summary.import_id}, "
+        f"payment-link contact {summary.payment_contact_id}",
+        flush=True,
+    )
+
+
+def _start(command: list[str], env: dict[str, str], cwd: Path | None = None) -> subprocess.Popen:
+    # Each child leads its own process group, so stopping it also stops what it started.
+    return subprocess.Popen(command, env=env, cwd=cwd, start_new_session=True)
+
+
+def _wait_for(url: str, name: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url, timeout=1).ok:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"{name} did not answer at {url} within {timeout:.0f} s")
+
+
+def _stop_all(children: list[subprocess.Popen]) -> None:
+    for child in reversed(children):
+        if child.poll() is None:
+            _signal_group(child, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+    for child in reversed(children):
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _signal_group(child, signal.SIGKILL)
+            child.wait()
+
+
+def _signal_group(child: subprocess.Popen, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(child.pid, signum)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
