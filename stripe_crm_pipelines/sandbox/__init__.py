@@ -1,9 +1,11 @@
 """A local, stateful Stripe API server ("the sandbox") for tests, benchmarks and local runs.
 
 The real ``stripe`` SDK talks to it over HTTP (``base_addresses={"api": sandbox.url}``, or
-``STRIPE_API_BASE`` for the project's jobs). It serves the customer, product, price, invoice and
-invoice item endpoints the project uses, scoped by ``Stripe-Account``, with Stripe's error
-bodies, idempotency keys and key checks, plus switchable latency, rate limiting and faults.
+``STRIPE_API_BASE`` for the project's jobs). It serves the customer, event, product, price,
+invoice and invoice item endpoints the project uses, scoped by ``Stripe-Account``, with Stripe's
+error bodies, idempotency keys and key checks, plus switchable latency, rate limiting and faults.
+Customer writes record Stripe events, kept for 30 days of the sandbox's clock, which
+``advance_clock`` moves forward.
 
 In-process::
 

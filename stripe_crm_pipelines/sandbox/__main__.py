@@ -29,7 +29,10 @@ control API (JSON, no key needed):
   POST   /_sandbox/seed                {"account": "acct_1" | null, "count": 1000, "seed": 42}
   POST   /_sandbox/customers           {"account": ..., "email": ..., "created": 1700000000}
   GET    /_sandbox/accounts            object counts per account
-  POST   /_sandbox/reset               forget everything, restore start-up settings
+  GET    /_sandbox/clock               {"now": ..., "offset_seconds": ...}: the sandbox's time
+  POST   /_sandbox/clock               {"advance_seconds": 2678400}: move it forward (31 days:
+                                        today's events pass the 30-day retention)
+  POST   /_sandbox/reset               forget everything, restore start-up settings and clock
 """
 
 

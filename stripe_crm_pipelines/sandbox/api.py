@@ -1,5 +1,5 @@
-"""The Stripe API endpoints the sandbox serves: customers, products, prices, invoices and
-invoice items, each account's data kept apart."""
+"""The Stripe API endpoints the sandbox serves: customers, events, products, prices, invoices
+and invoice items, each account's data kept apart."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import dataclasses
 import itertools
 import random
 import re
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -21,6 +20,12 @@ from stripe_crm_pipelines.sandbox.data import (
     new_id,
 )
 from stripe_crm_pipelines.sandbox.errors import StripeApiError, invalid, missing_param, no_such
+from stripe_crm_pipelines.sandbox.events import (
+    expire_events,
+    previous_attributes,
+    record_event,
+    type_filter,
+)
 from stripe_crm_pipelines.sandbox.search import parse_customer_query
 from stripe_crm_pipelines.sandbox.store import AccountData
 from stripe_crm_pipelines.sandbox.wire import Params
@@ -45,6 +50,8 @@ class RequestContext:
     now: float  # request time, epoch seconds
     base_url: str  # how the client reached the server, e.g. http://127.0.0.1:12111
     search_index_delay: float  # seconds before a new customer shows up in search results
+    request_id: str | None = None  # the Request-Id the response carries
+    idempotency_key: str | None = None
 
 
 class StripeApi:
@@ -87,21 +94,28 @@ class StripeApi:
 
     def seed_customers(self, count: int, seed: int, account: str | None) -> list[str]:
         """Add ``count`` generated customers (see :class:`CustomerGenerator`) to ``account``;
-        returns their ids, oldest first. Seeding again with the same seed replaces them."""
+        returns their ids, oldest first. Seeding again with the same seed replaces them.
+
+        Records no events: seeded customers stand for the account's existing history (their
+        ``created`` lies before 2026), and seeding 100,000 of them stays a matter of seconds."""
         customers = CustomerGenerator(seed, account).generate(count)
         for customer in customers:
             customer.seq = next(self._seq)
         self.account(account).customers.add_many([((c.created, c.seq, c.id), c) for c in customers])
         return [customer.id for customer in customers]
 
-    def add_customer(self, account: str | None, fields: Mapping[str, Any]) -> JsonObject:
-        """Store a customer with exactly the given fields (no validation of emails etc.).
+    def add_customer(
+        self, account: str | None, fields: Mapping[str, Any], now: float
+    ) -> JsonObject:
+        """Store a customer with exactly the given fields (no validation of emails etc.) and
+        record its ``customer.created`` event at ``now`` (``customer.updated`` if it replaces a
+        customer with the same id).
 
-        ``fields`` may hold ``id`` and ``created`` besides the customer fields; ``address``
-        and ``shipping`` are Stripe-shaped dicts. Unknown fields raise ``ValueError``.
+        ``fields`` may hold ``id`` and ``created`` (default: ``now``) besides the customer
+        fields; ``address`` and ``shipping`` are Stripe-shaped dicts. Unknown fields raise
+        ``ValueError``.
         """
         values = dict(fields)
-        now = int(time.time())
         address = values.pop("address", None)
         shipping = values.pop("shipping", None)
         customer = CustomerRecord(
@@ -119,8 +133,15 @@ class StripeApi:
                 raise ValueError(f"unknown customer field: {name}")
             setattr(customer, name, value)
         data = self.account(account)
+        replaced = data.customers.get(customer.id)
         data.customers.add(customer.id, customer.created, customer.seq, customer)
         data.deleted_customers.discard(customer.id)
+        snapshot = customer.to_api()
+        if replaced is None:
+            self._record(data, account, now, "customer.created", snapshot)
+        else:
+            changed = previous_attributes(replaced.to_api(), snapshot)
+            self._record(data, account, now, "customer.updated", snapshot, previous=changed)
         return customer.to_api()
 
     def hosted_invoice(self, account_label: str, invoice_id: str) -> JsonObject | None:
@@ -132,7 +153,45 @@ class StripeApi:
     # --- helpers -------------------------------------------------------------------------------
 
     def _new_id(self, prefix: str) -> str:
-        return new_id(prefix, self._ids, 24 if prefix in ("price", "il") else 14)
+        return new_id(prefix, self._ids, 24 if prefix in ("price", "il", "evt") else 14)
+
+    def _record(
+        self,
+        data: AccountData,
+        account: str | None,
+        now: float,
+        event_type: str,
+        obj: JsonObject,
+        *,
+        previous: JsonObject | None = None,
+        context: RequestContext | None = None,
+    ) -> None:
+        """Record an event about ``obj`` (a snapshot, not a live object) in ``account``'s log;
+        ``context`` is the API request that caused it, if any."""
+        record_event(
+            data.events,
+            event_id=self._new_id("evt"),
+            seq=next(self._seq),
+            event_type=event_type,
+            obj=obj,
+            now=now,
+            account=account,
+            previous_attributes=previous,
+            request=(context.request_id, context.idempotency_key) if context else (None, None),
+        )
+
+    def _record_write(
+        self,
+        data: AccountData,
+        context: RequestContext,
+        event_type: str,
+        obj: JsonObject,
+        previous: JsonObject | None = None,
+    ) -> None:
+        """Record the event of a write made through the API."""
+        self._record(
+            data, context.account, context.now, event_type, obj, previous=previous, context=context
+        )
 
     def _invoice_prefix(self) -> str:
         return self._ids.randbytes(4).hex().upper()
@@ -197,6 +256,7 @@ class StripeApi:
         )
         _apply_customer_params(customer, p)
         account.customers.add(customer.id, customer.created, customer.seq, customer)
+        self._record_write(account, context, "customer.created", customer.to_api())
         return customer.to_api()
 
     def retrieve_customer(
@@ -208,21 +268,56 @@ class StripeApi:
         return self._customer(account, customer_id, "id").to_api()
 
     def update_customer(
-        self, account: AccountData, p: Params, _: RequestContext, customer_id: str
+        self, account: AccountData, p: Params, context: RequestContext, customer_id: str
     ) -> JsonObject:
+        """Apply the request to a copy of the customer, so a refused request changes nothing;
+        a change is recorded as ``customer.updated``, a request changing nothing records none."""
         p.allow(*_CUSTOMER_FIELDS)
-        customer = self._customer(account, customer_id, "id")
+        current = self._customer(account, customer_id, "id")
+        customer = dataclasses.replace(current, metadata=dict(current.metadata))
         _apply_customer_params(customer, p)
+        account.customers.replace(customer_id, customer)
+        before, after = current.to_api(), customer.to_api()
+        changed = previous_attributes(before, after)
+        if changed:
+            self._record_write(account, context, "customer.updated", after, changed)
         return customer.to_api()
 
     def delete_customer(
-        self, account: AccountData, p: Params, _: RequestContext, customer_id: str
+        self, account: AccountData, p: Params, context: RequestContext, customer_id: str
     ) -> JsonObject:
         p.allow()
-        self._customer(account, customer_id, "id")
+        customer = self._customer(account, customer_id, "id")
         account.customers.remove(customer_id)
         account.deleted_customers.add(customer_id)
+        self._record_write(account, context, "customer.deleted", customer.to_api())
         return {"id": customer_id, "object": "customer", "deleted": True}
+
+    # --- events --------------------------------------------------------------------------------
+
+    def list_events(self, account: AccountData, p: Params, context: RequestContext) -> JsonObject:
+        p.allow("created", "ending_before", "limit", "starting_after", "type", "types")
+        expire_events(account.events, context.now)
+        gte, lte = _created_range(p)
+        events, has_more = account.events.page(
+            _limit(p),
+            starting_after=p.text("starting_after"),
+            ending_before=p.text("ending_before"),
+            created_gte=gte,
+            created_lte=lte,
+            match=type_filter(p),
+        )
+        return _list(events, has_more, "/v1/events")
+
+    def retrieve_event(
+        self, account: AccountData, p: Params, context: RequestContext, event_id: str
+    ) -> JsonObject:
+        p.allow()
+        expire_events(account.events, context.now)
+        event = account.events.get(event_id)
+        if event is None:
+            raise no_such("event", event_id)
+        return event
 
     # --- products and prices -------------------------------------------------------------------
 
@@ -888,6 +983,8 @@ _ROUTES: list[tuple[str, re.Pattern[str], _Endpoint]] = [
         ("GET", r"/v1/customers/([^/]+)", StripeApi.retrieve_customer),
         ("POST", r"/v1/customers/([^/]+)", StripeApi.update_customer),
         ("DELETE", r"/v1/customers/([^/]+)", StripeApi.delete_customer),
+        ("GET", r"/v1/events", StripeApi.list_events),
+        ("GET", r"/v1/events/([^/]+)", StripeApi.retrieve_event),
         ("POST", r"/v1/products", StripeApi.create_product),
         ("GET", r"/v1/products/([^/]+)", StripeApi.retrieve_product),
         ("POST", r"/v1/prices", StripeApi.create_price),

@@ -109,12 +109,23 @@ class SandboxControl:
         """Store a customer with exactly these fields (``created`` and ``id`` included)."""
         return self._call("POST", "customers", {**fields, "account": account})
 
+    def clock(self) -> dict[str, float]:
+        """The sandbox's time: ``{"now": epoch seconds, "offset_seconds": ahead of the wall
+        clock}``."""
+        return self._call("GET", "clock")
+
+    def advance_clock(self, seconds: float) -> dict[str, float]:
+        """Move the sandbox's time forward (e.g. ``31 * 86400`` to let its events expire);
+        returns :meth:`clock`."""
+        return self._call("POST", "clock", {"advance_seconds": seconds})
+
     def accounts(self) -> dict[str, dict[str, int]]:
         """Object counts per account (the platform is named ``platform``)."""
         return self._call("GET", "accounts")
 
     def reset(self) -> None:
-        """Forget all data, faults, logs and keys; restore the start-up settings."""
+        """Forget all data, events, faults, logs and keys; restore the start-up settings and
+        the wall clock."""
         self._call("POST", "reset")
 
     def close(self) -> None:

@@ -124,8 +124,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
-        self.send_header("Request-Id", f"req_{secrets.token_hex(7)}")
-        for name, value in (headers or {}).items():
+        headers = headers or {}
+        if "Request-Id" not in headers:
+            self.send_header("Request-Id", f"req_{secrets.token_hex(7)}")
+        for name, value in headers.items():
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
@@ -206,12 +208,21 @@ def _control_endpoint(
     if endpoint == "POST /_sandbox/customers":
         fields = dict(payload)
         return 200, state.add_customer(fields.pop("account", None), **fields)
+    if endpoint == "GET /_sandbox/clock":
+        return 200, _clock(state)
+    if endpoint == "POST /_sandbox/clock":
+        state.advance_clock(payload["advance_seconds"])
+        return 200, _clock(state)
     if endpoint == "GET /_sandbox/accounts":
         return 200, state.accounts()
     if endpoint == "POST /_sandbox/reset":
         state.reset()
         return 200, {"reset": True}
     return 404, {"error": {"type": "invalid_request_error", "message": f"Unknown: {endpoint}"}}
+
+
+def _clock(state: SandboxState) -> dict[str, float]:
+    return {"now": state.now(), "offset_seconds": state.clock_offset}
 
 
 def _invoice_page(invoice: dict[str, Any]) -> str:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import json
+import secrets
 import threading
 import time
 import traceback
@@ -24,6 +26,7 @@ from stripe_crm_pipelines.sandbox.controls import (
     StoredResponse,
 )
 from stripe_crm_pipelines.sandbox.errors import StripeApiError, error_for_status, invalid
+from stripe_crm_pipelines.sandbox.events import expire_events
 from stripe_crm_pipelines.sandbox.wire import parse_form
 
 _TEST_KEY_PREFIXES = ("sk_test_", "rk_test_")
@@ -76,9 +79,24 @@ class SandboxState:
         self.log = RequestLog()
         self.idempotency = IdempotencyStore()
         self.forbidden_keys: set[tuple[str, str | None]] = set()
+        self.clock_offset = 0.0
         self.stopping = threading.Event()
 
     # --- control -------------------------------------------------------------------------------
+
+    def now(self) -> float:
+        """The sandbox's time (epoch seconds): the wall clock plus :attr:`clock_offset`. Objects
+        and events are stamped with it, and event retention is measured against it."""
+        return time.time() + self.clock_offset
+
+    def advance_clock(self, seconds: float) -> float:
+        """Move the sandbox's time forward by ``seconds`` (e.g. 31 days, to let events expire);
+        returns the new time. Time never goes back, so events stay in order."""
+        if not isinstance(seconds, int | float) or seconds < 0:
+            raise ValueError("the clock only moves forward: seconds must be a non-negative number")
+        with self.lock:
+            self.clock_offset += seconds
+            return self.now()
 
     def configure(self, **changes: Any) -> SandboxSettings:
         """Change settings (names of :class:`SandboxSettings`); returns the new settings."""
@@ -130,12 +148,19 @@ class SandboxState:
         """Store a customer with exactly these fields (``id`` and ``created`` included, no
         validation); returns it as the API would."""
         with self.lock:
-            return self.api.add_customer(account, fields)
+            return self.api.add_customer(account, fields, self.now())
 
     def customers(self, account: str | None = None) -> list[dict[str, Any]]:
         """Every customer of an account as the API returns them, newest first."""
         with self.lock:
             return [c.to_api() for c in self.api.account(account).customers.newest_first()]
+
+    def events(self, account: str | None = None) -> list[dict[str, Any]]:
+        """The events of an account that Stripe would still list, newest first (copies)."""
+        with self.lock:
+            events = self.api.account(account).events
+            expire_events(events, self.now())
+            return copy.deepcopy(list(events.newest_first()))
 
     def accounts(self) -> dict[str, dict[str, int]]:
         """Object counts per account (the platform is named ``platform``)."""
@@ -152,10 +177,11 @@ class SandboxState:
             }
 
     def reset(self) -> None:
-        """Forget all data, faults, logs, idempotency keys and forbidden keys; restore the
-        settings the sandbox started with."""
+        """Forget all data, events, faults, logs, idempotency keys and forbidden keys; restore
+        the settings the sandbox started with and the wall clock."""
         with self.lock:
             self.api = StripeApi()
+            self.clock_offset = 0.0
             self.settings = self.initial_settings
             self.faults.clear()
             self.faults.reseed(self.settings.fault_seed)
@@ -177,6 +203,7 @@ class SandboxState:
             "form": {},
             "stripe_account": request.headers.get("Stripe-Account"),
             "idempotency_key": request.headers.get("Idempotency-Key"),
+            "request_id": f"req_{secrets.token_hex(7)}",
             "api_key": None,
             "fault": None,
             "replayed": False,
@@ -189,6 +216,7 @@ class SandboxState:
             traceback.print_exc()
             body = {"error": {"type": "api_error", "message": f"Sandbox error: {error!r}"}}
             response = ApiResponse(500, _json(body))
+        response.headers["Request-Id"] = entry["request_id"]
         entry["status"] = None if response.reset else response.status
         entry["duration_ms"] = round((time.time() - started) * 1000, 3)
         self.log.record(entry)
@@ -217,10 +245,15 @@ class SandboxState:
                     self._sleep(fault.delay)
                 raise fault.error()
         params = {**entry["query"], **entry["form"]}
-        context = RequestContext(
-            account, time.time(), request.base_url, settings.search_index_delay
-        )
         idempotency_key = entry["idempotency_key"] if request.method == "POST" else None
+        context = RequestContext(
+            account,
+            self.now(),
+            request.base_url,
+            settings.search_index_delay,
+            entry["request_id"],
+            idempotency_key,
+        )
         response = self._run(request, params, context, idempotency_key)
         entry["replayed"] = response.headers.get("Idempotent-Replayed") == "true"
         if fault is not None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from stripe_crm_pipelines.sandbox.data import CustomerRecord
-from stripe_crm_pipelines.sandbox.errors import no_such
+from stripe_crm_pipelines.sandbox.errors import invalid
 
 T = TypeVar("T")
 # (created, seq, id): the position of an object in its collection.
@@ -61,6 +61,24 @@ class Collection(Generic[T]):
         del self._order[bisect.bisect_left(self._order, entry)]
         return self.objects.pop(object_id)
 
+    def replace(self, object_id: str, obj: T) -> None:
+        """Store ``obj`` under the id of an object already stored, keeping its position."""
+        if object_id not in self.objects:
+            raise KeyError(object_id)
+        self.objects[object_id] = obj
+
+    def drop_created_before(self, created: int) -> None:
+        """Remove every object created before ``created`` (epoch seconds)."""
+        cut = bisect.bisect_left(self._order, (created,))
+        for _, _, object_id in self._order[:cut]:
+            del self.objects[object_id]
+            del self._entries[object_id]
+        del self._order[:cut]
+
+    def newest(self) -> T | None:
+        """The object last in the order, or ``None`` if there is none."""
+        return self.objects[self._order[-1][2]] if self._order else None
+
     def page(
         self,
         limit: int,
@@ -74,7 +92,9 @@ class Collection(Generic[T]):
         """One page of a Stripe list, newest first: ``(objects, has_more)``.
 
         ``starting_after`` pages towards older objects, ``ending_before`` towards newer ones
-        (the page is still returned newest first). ``match`` filters objects.
+        (the page is still returned newest first). ``match`` filters objects. A cursor that is
+        not (or no longer) in the collection is refused as Stripe does: 400
+        ``resource_missing`` naming the parameter.
         """
         order = self._order
         low = 0 if created_gte is None else bisect.bisect_left(order, (created_gte,))
@@ -110,7 +130,7 @@ class Collection(Generic[T]):
     def _cursor(self, object_id: str, param: str) -> Entry:
         entry = self._entries.get(object_id)
         if entry is None:
-            raise no_such(self.kind, object_id, param)
+            raise invalid(f"No such {self.kind}: '{object_id}'", param, "resource_missing")
         return entry
 
 
@@ -120,6 +140,7 @@ class AccountData:
 
     customers: Collection[CustomerRecord] = field(default_factory=lambda: Collection("customer"))
     deleted_customers: set[str] = field(default_factory=set)
+    events: Collection[dict[str, Any]] = field(default_factory=lambda: Collection("event"))
     products: Collection[dict[str, Any]] = field(default_factory=lambda: Collection("product"))
     prices: Collection[dict[str, Any]] = field(default_factory=lambda: Collection("price"))
     invoices: Collection[dict[str, Any]] = field(default_factory=lambda: Collection("invoice"))
