@@ -5,13 +5,13 @@ the UI of a real ``dagster dev`` is in test_daemon.py.)"""
 from __future__ import annotations
 
 import pytest
-from dagster import DagsterExecutionInterruptedError, DagsterInstance
+from dagster import DagsterExecutionInterruptedError
 
 from stripe_crm_pipelines import store
 from stripe_crm_pipelines.billing_import import recovery
 from stripe_crm_pipelines.billing_import.job import billing_contact_import
 from stripe_crm_pipelines.resources import MongoResource, StripeResource
-from tests.billing_import.test_job import (
+from tests.conftest import (
     CONNECTED_ACCOUNT,
     add_account,
     add_request,
@@ -22,11 +22,6 @@ from tests.reliability import FaultyDatabase, assert_counts_add_up, evaluate_sen
 
 CUSTOMERS = 2000
 STOP_AFTER_CONTACTS = 300
-
-
-@pytest.fixture
-def instance():
-    return DagsterInstance.ephemeral()
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import pytest
 from bson import ObjectId
 from dagster import (
     DagsterEventType,
-    DagsterInstance,
     DagsterRunStatus,
     build_run_status_sensor_context,
 )
@@ -33,7 +32,7 @@ from stripe_crm_pipelines.billing_import.sensor import (
 )
 from stripe_crm_pipelines.definitions import defs
 from stripe_crm_pipelines.resources import MongoResource, StripeResource
-from tests.billing_import.test_job import (
+from tests.conftest import (
     CONNECTED_ACCOUNT,
     add_account,
     add_request,
@@ -43,11 +42,6 @@ from tests.billing_import.test_job import (
 from tests.reliability import assert_counts_add_up, evaluate_sensor
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def instance():
-    return DagsterInstance.ephemeral()
 
 
 # --- the decision ---------------------------------------------------------------------------
@@ -435,13 +429,3 @@ def test_the_watch_beats_and_notices_a_cancel(db, mongo_uri, monkeypatch):
         with pytest.raises(ImportCancelled):
             watch.raise_if_stopped()
     assert db[store.QUEUES].find_one({"_id": import_id})["heartbeat_at"] > first
-
-
-@pytest.fixture
-def sandbox(stripe_sandbox):
-    return stripe_sandbox
-
-
-@pytest.fixture
-def contacts(db):
-    return db[store.CONTACTS]
