@@ -8,7 +8,7 @@ import pytest
 from dagster import DagsterExecutionInterruptedError
 
 from stripe_crm_pipelines import store
-from stripe_crm_pipelines.billing_import import recovery
+from stripe_crm_pipelines.billing_import import importer
 from stripe_crm_pipelines.billing_import.job import billing_contact_import
 from stripe_crm_pipelines.resources import MongoResource, StripeResource
 from tests.conftest import (
@@ -41,7 +41,7 @@ def db(store_uri):
 def slow_sandbox(stripe_sandbox, monkeypatch):
     stripe_sandbox.state.seed_customers(CUSTOMERS, seed=41, account=CONNECTED_ACCOUNT)
     stripe_sandbox.state.configure(endpoint_latency_ms={"GET /v1/customers": 30})
-    monkeypatch.setattr(recovery, "HEARTBEAT_SECONDS", 0.02)
+    monkeypatch.setattr(importer, "HEARTBEAT_SECONDS", 0.02)
     return stripe_sandbox
 
 
