@@ -24,8 +24,8 @@ def billing_contact_import():
 
     * ``claim_import_request`` takes the request atomically (pending and not in progress → in
       progress, owned by this run), so a request is processed by one run only, and validates it
-      (fields, mappings, type, account) before anything is written. Its output is the request id
-      and the customer limit.
+      (fields, mappings, type, account) before anything is written. Its output is the parsed
+      request and the customer limit: nothing reads the request document again.
     * ``sync_customers`` does the work as a stream: pages of 100 customers, fetched in
       concurrent ``created`` windows under a per-key rate limit and handed over in listing
       order, are mapped, matched against the account's contacts with one query per batch and
@@ -41,6 +41,8 @@ def billing_contact_import():
       is retried on its own without re-fetching from Stripe.
 
     Any failure after the claim marks the request ``failed`` with the reason, writes a ``failed``
-    result with the counts so far, and fails the run with the same message.
+    result with the counts so far, and fails the run with the same message. The ops only adapt:
+    the import is :func:`~stripe_crm_pipelines.billing_import.importer.run_import`, and every
+    change to the request goes through :mod:`~stripe_crm_pipelines.billing_import.queue`.
     """
     record_import_result(sync_customers(claim_import_request()))

@@ -13,6 +13,7 @@ from typing import Any
 from bson import ObjectId
 
 from stripe_crm_pipelines.billing_import.mapping import FieldMapping, MappingError, parse_mappings
+from stripe_crm_pipelines.billing_import.upsert import UpsertTarget
 
 IMPORT_SOURCE = "billing-contacts"
 CONTACT_TYPES = {"contacts": "person", "companies": "business"}
@@ -37,14 +38,25 @@ class ImportRequest:
     new_contact: bool
     max_customers: int | None
     attempts: int
-    checkpoint: dict[str, Any] | None
+
+    @property
+    def upsert_target(self) -> UpsertTarget:
+        """Whose contacts the import writes, and how."""
+        return UpsertTarget(
+            account_id=self.account_id,
+            contact_type=self.contact_type,
+            user_id=self.user_id,
+            new_contact=self.new_contact,
+            mappings=self.mappings,
+        )
 
 
 def parse_import_request(document: Mapping[str, Any]) -> ImportRequest:
     """Validate a ``queues`` document; raises :class:`InvalidImportRequest` naming the field.
 
-    Fields the project adds (``attempts``, ``checkpoint``, ``max_customers``, claim fields) are
-    optional, so requests written by the CRM as the seed describes them are accepted.
+    Fields the project adds (``attempts``, ``max_customers``, claim fields) are optional, so
+    requests written by the CRM as the seed describes them are accepted. Progress fields
+    (``checkpoint``, ``resume_from``) belong to :mod:`~stripe_crm_pipelines.billing_import.queue`.
     """
     if not isinstance(document, Mapping):
         raise InvalidImportRequest(f"import request must be an object, got {_describe(document)}")
@@ -60,9 +72,6 @@ def parse_import_request(document: Mapping[str, Any]) -> ImportRequest:
         mappings = parse_mappings(document.get("mappings"))
     except MappingError as error:
         raise InvalidImportRequest(str(error)) from None
-    checkpoint = document.get("checkpoint")
-    if checkpoint is not None and not isinstance(checkpoint, Mapping):
-        raise InvalidImportRequest(f"checkpoint: must be an object, got {_describe(checkpoint)}")
     return ImportRequest(
         id=_object_id(document, "_id"),
         account_id=_object_id(document, "account_id"),
@@ -75,7 +84,6 @@ def parse_import_request(document: Mapping[str, Any]) -> ImportRequest:
         new_contact=_new_contact(document.get("new_contact")),
         max_customers=_integer(document, "max_customers", minimum=1),
         attempts=_integer(document, "attempts", minimum=0) or 0,
-        checkpoint=None if checkpoint is None else dict(checkpoint),
     )
 
 

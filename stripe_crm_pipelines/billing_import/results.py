@@ -1,4 +1,4 @@
-"""What an import did: its counts, its ``contact_import_results`` document, its run metadata.
+"""What an import did: its counts and its ``contact_import_results`` document.
 
 :class:`ImportOutcome` is the one value that travels between ops (Dagster pickles op outputs),
 so it holds counts and a bounded number of error rows and samples, never the customers.
@@ -9,17 +9,14 @@ gets the same status.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bson import ObjectId
-from dagster import MetadataValue, TableColumn, TableRecord, TableSchema
 from pymongo import ReturnDocument
 
 from stripe_crm_pipelines import store
-from stripe_crm_pipelines.billing_import.requests import CONTACT_TYPES
 from stripe_crm_pipelines.billing_import.upsert import (
     SAMPLE_SIZE,
     BackfillResult,
@@ -27,13 +24,14 @@ from stripe_crm_pipelines.billing_import.upsert import (
     DuplicateCustomer,
     ImportErrorEntry,
 )
-from stripe_crm_pipelines.resources.stripe import RequestStats
+
+if TYPE_CHECKING:
+    from stripe_crm_pipelines.resources.stripe import RequestStats
 
 RESULT_NAME = "stripe"
 RESULT_STATUSES = ("completed", "failed", "cancelled")
 MAX_LISTED = 1000
 """Error and duplicate rows kept in the result document; the counts stay exact beyond it."""
-METADATA_ERROR_ROWS = 20
 
 
 @dataclass
@@ -68,8 +66,9 @@ class ImportOutcome:
         self.email_keys_backfilled += backfill.updated
         self.email_key_conflicts += backfill.conflicts
 
-    def add_page(self, customers: int, batch: BatchResult) -> None:
-        self.pages_fetched += 1
+    def add_batch(self, pages: int, customers: int, batch: BatchResult) -> None:
+        """Count a written batch: the Stripe pages it took, its customers and what they did."""
+        self.pages_fetched += pages
         self.customers_fetched += customers
         self.records_added += batch.added
         self.records_updated += batch.updated
@@ -126,26 +125,6 @@ class ImportOutcome:
         return cls(**{name: value for name, value in checkpoint.items() if name in names})
 
 
-def outcome_of_document(document: dict[str, Any]) -> ImportOutcome:
-    """The outcome of a request that never got going (malformed, or its run died): the counts
-    its checkpoint saved (or the one an earlier attempt left to resume from), else zeros,
-    identified as far as its fields allow."""
-    for name in ("checkpoint", "resume_from"):
-        checkpoint = document.get(name)
-        if isinstance(checkpoint, dict) and isinstance(checkpoint.get("outcome"), dict):
-            return ImportOutcome.resume(checkpoint["outcome"])
-    import_type = document.get("type")
-    return ImportOutcome(
-        import_id=str(document["_id"]),
-        account_id=str(document.get("account_id")),
-        user_id=str(document.get("user_id")),
-        contact_type=CONTACT_TYPES.get(import_type, str(import_type))
-        if isinstance(import_type, str)
-        else str(import_type),
-        started_at=datetime.now(UTC),
-    )
-
-
 def result_document(
     outcome: ImportOutcome, *, status: str, run_id: str, error: str | None = None
 ) -> dict[str, Any]:
@@ -176,35 +155,6 @@ def result_document(
     return document
 
 
-def completed_request_update(result_id: ObjectId, finished_at: datetime) -> dict[str, Any]:
-    """The update that closes a request whose import finished; the request is kept for audit."""
-    return {
-        "$set": {
-            "status": "completed",
-            "in_progress": False,
-            "finished_at": finished_at,
-            "result_id": result_id,
-        },
-        "$unset": {"error": "", "resume_from": ""},
-    }
-
-
-def failed_request_update(
-    error: str, finished_at: datetime, result_id: ObjectId | None, *, status: str = "failed"
-) -> dict[str, Any]:
-    """The update that closes a request whose import failed (or was cancelled), with the reason."""
-    return {
-        "$set": {
-            "status": status,
-            "in_progress": False,
-            "error": error,
-            "finished_at": finished_at,
-            "result_id": result_id,
-        },
-        "$unset": {"resume_from": ""},
-    }
-
-
 def save_result(db, document: dict[str, Any]) -> ObjectId:
     """Insert the result once per run, even when the op writing it is retried."""
     saved = db[store.IMPORT_RESULTS].find_one_and_replace(
@@ -215,59 +165,6 @@ def save_result(db, document: dict[str, Any]) -> ObjectId:
         return_document=ReturnDocument.AFTER,
     )
     return saved["_id"]
-
-
-def run_metadata(outcome: ImportOutcome) -> dict[str, Any]:
-    """What the run page shows for an import: counts, Stripe traffic, errors and a sample."""
-    metadata: dict[str, Any] = {
-        "records_added": MetadataValue.int(outcome.records_added),
-        "records_updated": MetadataValue.int(outcome.records_updated),
-        "records_skipped": MetadataValue.int(outcome.records_skipped),
-        "import_errors": MetadataValue.int(outcome.import_errors_count),
-        "duplicates": MetadataValue.int(outcome.duplicates),
-        "customers_fetched": MetadataValue.int(outcome.customers_fetched),
-        "pages_fetched": MetadataValue.int(outcome.pages_fetched),
-        "email_keys_backfilled": MetadataValue.int(outcome.email_keys_backfilled),
-        "limit_reached": MetadataValue.bool(outcome.limit_reached),
-        "stripe_requests": MetadataValue.int(outcome.stripe_requests),
-        "stripe_retries": MetadataValue.int(outcome.stripe_retries),
-        "stripe_throttled": MetadataValue.int(outcome.stripe_throttled),
-        "duration_seconds": MetadataValue.float(outcome.duration_seconds),
-    }
-    if outcome.max_customers is not None:
-        metadata["max_customers"] = MetadataValue.int(outcome.max_customers)
-    if outcome.importerrors:
-        metadata["first_errors"] = MetadataValue.table(
-            records=[
-                TableRecord(
-                    {
-                        "stripe_customer_id": error["stripe_customer_id"] or "",
-                        "email": error["email"] or "",
-                        "message": error["message"],
-                    }
-                )
-                for error in outcome.importerrors[:METADATA_ERROR_ROWS]
-            ],
-            schema=TableSchema(
-                columns=[
-                    TableColumn("stripe_customer_id", "string"),
-                    TableColumn("email", "string"),
-                    TableColumn("message", "string"),
-                ]
-            ),
-        )
-    if outcome.duplicate_customers:
-        metadata["first_duplicates"] = MetadataValue.json(
-            outcome.duplicate_customers[:METADATA_ERROR_ROWS]
-        )
-    if outcome.samples:
-        metadata["sample_contacts"] = MetadataValue.json(_json_safe(outcome.samples))
-    return metadata
-
-
-def _json_safe(value: Any) -> Any:
-    """ObjectIds and datetimes as strings, so samples render as JSON."""
-    return json.loads(json.dumps(value, default=str))
 
 
 def _object_id_or_none(value: str | None) -> ObjectId | None:

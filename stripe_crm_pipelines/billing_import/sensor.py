@@ -22,10 +22,13 @@ MongoDB until the run's ``sync_customers`` op reads it.
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from bson import ObjectId
 from dagster import (
+    DagsterInstance,
+    DagsterRun,
     DagsterRunStatus,
     DefaultSensorStatus,
     RunFailureSensorContext,
@@ -39,19 +42,13 @@ from dagster import (
 )
 
 from stripe_crm_pipelines import store
-from stripe_crm_pipelines.billing_import import tags
+from stripe_crm_pipelines.billing_import import queue, recovery, tags
 from stripe_crm_pipelines.billing_import.job import billing_contact_import
-from stripe_crm_pipelines.billing_import.recovery import (
-    attempts_of,
-    recover_run,
-    recover_stale_claims,
-)
-from stripe_crm_pipelines.billing_import.requests import IMPORT_SOURCE
+from stripe_crm_pipelines.billing_import.recovery import RunFacts
 from stripe_crm_pipelines.resources import MongoResource
 from stripe_crm_pipelines.resources.stripe import redact_api_keys
 from stripe_crm_pipelines.stripe_keys import BILLING_APP
 
-PENDING_FILTER = {"source": IMPORT_SOURCE, "status": "pending", "in_progress": False}
 RUN_END_SENSOR_INTERVAL_SECONDS = 10
 REQUEST_FIELDS = {"_id": 1, "account_id": 1, "user_id": 1, "type": 1, "attempts": 1}
 NO_CONNECTED_ACCOUNT = "none"
@@ -86,7 +83,7 @@ def plan_runs(
         stripe_account = connected_accounts.get(account_id) if account_id else None
         runs.append(
             RunRequest(
-                run_key=f"{import_id}:{attempts_of(request)}",
+                run_key=f"{import_id}:{queue.attempts_of(request)}",
                 run_config={"ops": {"claim_import_request": {"config": {"import_id": import_id}}}},
                 tags={
                     tags.IMPORT_ID: import_id,
@@ -127,9 +124,7 @@ def billing_import_sensor(context: SensorEvaluationContext, mongo: MongoResource
     db = mongo.database()
     for message in recover_stale_claims(db, context.instance):
         context.log.warning(message)
-    pending = list(
-        db[store.QUEUES].find(PENDING_FILTER, REQUEST_FIELDS).sort([("createdAt", -1), ("_id", -1)])
-    )
+    pending = queue.pending_requests(db, REQUEST_FIELDS)
     if not pending:
         return SkipReason("No pending billing contact imports")
     account_ids = {
@@ -180,6 +175,55 @@ def billing_import_cancel_sensor(context: RunStatusSensorContext, mongo: MongoRe
     message = recover_run(mongo.database(), context.dagster_run, cause)
     if message is not None:
         context.log.warning(message)
+
+
+def recover_stale_claims(db, instance: DagsterInstance, now: datetime | None = None) -> list[str]:
+    """Recover every held request whose run can no longer finish it; says what it did."""
+    now = now or datetime.now(UTC)
+    done: list[str] = []
+    for request in queue.held_requests(db):
+        run = instance.get_run_by_id(request.run_id)
+        facts = run_facts(run)
+        cause = recovery.why_stale(request, facts, now)
+        if cause is None:
+            continue
+        if run is not None and not run.is_finished:
+            # Dead without Dagster knowing: say so on the run, which also frees its slot in the
+            # per-account concurrency limit for the next attempt.
+            instance.report_run_failed(run, f"{cause}. Marked failed by billing_import_sensor.")
+        message = recovery.recover_request(
+            db, request, cause=cause, run_cancelled=facts is not None and facts.cancelled, now=now
+        )
+        if message is not None:
+            done.append(message)
+    return done
+
+
+def recover_run(db, run: DagsterRun, cause: str, now: datetime | None = None) -> str | None:
+    """Recover the request ``run`` still holds (if any) now that the run has ended."""
+    request = queue.request_held_by(db, run.run_id)
+    if request is None:
+        return None
+    return recovery.recover_request(
+        db,
+        request,
+        cause=cause,
+        run_cancelled=run.status == DagsterRunStatus.CANCELED,
+        now=now or datetime.now(UTC),
+    )
+
+
+def run_facts(run: DagsterRun | None) -> RunFacts | None:
+    """What recovery needs to know of a run, as plain values (None: missing from the instance)."""
+    if run is None:
+        return None
+    return RunFacts(
+        run_id=run.run_id,
+        status=run.status.value,
+        finished=run.is_finished,
+        started=run.status == DagsterRunStatus.STARTED,
+        cancelled=run.status == DagsterRunStatus.CANCELED,
+    )
 
 
 def _failure_reason(context: RunFailureSensorContext) -> str:

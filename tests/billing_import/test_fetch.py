@@ -18,7 +18,7 @@ from stripe_crm_pipelines.billing_import.fetch import (
 )
 from stripe_crm_pipelines.billing_import.job import billing_contact_import
 from stripe_crm_pipelines.resources import MongoResource, StripeResource
-from tests.billing_import.test_job import (
+from tests.conftest import (
     CONNECTED_ACCOUNT,
     SECRET_KEY,
     add_account,

@@ -2,27 +2,22 @@
 
 from __future__ import annotations
 
-import pytest
-from dagster import DagsterInstance, build_sensor_context
+from dagster import build_sensor_context
 
 from stripe_crm_pipelines import store
 from stripe_crm_pipelines.billing_import import tags
 from stripe_crm_pipelines.billing_import.sensor import billing_import_sensor
 from stripe_crm_pipelines.resources import MongoResource
-from tests.billing_import.test_job import (
+from tests.conftest import (
     CONNECTED_ACCOUNT,
+    SEED_MAPPINGS,
     add_account,
     add_request,
+    enforce_unique_contacts,
     import_result,
     op_metadata,
     run_import,
 )
-from tests.billing_import.test_upsert import SEED_MAPPINGS, enforce_unique_contacts
-
-
-@pytest.fixture
-def instance():
-    return DagsterInstance.ephemeral()
 
 
 def test_bug_1_a_missing_key_skips_only_that_request(db, mongo_uri, instance):

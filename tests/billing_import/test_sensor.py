@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from bson import ObjectId
 from dagster import (
-    DagsterInstance,
     DagsterRunStatus,
     DefaultSensorStatus,
     build_sensor_context,
@@ -20,7 +19,7 @@ from stripe_crm_pipelines.billing_import.job import billing_contact_import
 from stripe_crm_pipelines.billing_import.sensor import billing_import_sensor
 from stripe_crm_pipelines.definitions import defs
 from stripe_crm_pipelines.resources import MongoResource
-from tests.billing_import.test_job import (
+from tests.conftest import (
     CONNECTED_ACCOUNT,
     SECRET_KEY,
     add_account,
@@ -31,11 +30,6 @@ from tests.billing_import.test_job import (
 )
 
 NOW = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def instance():
-    return DagsterInstance.ephemeral()
 
 
 def evaluate(instance, mongo_uri):

@@ -16,27 +16,7 @@ from stripe_crm_pipelines.billing_import.upsert import (
     plan_upserts,
     upsert_customers,
 )
-
-SEED_MAPPINGS = {
-    "address-street": "address.street",
-    "address-city": "address.city",
-    "address-state": "address.state_province",
-}
-
-
-def enforce_unique_contacts(db) -> None:
-    """The partial unique indexes production MongoDB has on contacts.
-
-    ``store.ensure_indexes`` leaves them off on mongomock; mongomock does honour
-    ``partialFilterExpression`` when the index is made with ``create_index``.
-    """
-    for field in ("stripe_customer_id", "email_key"):
-        db[store.CONTACTS].create_index(
-            [("parent_account", 1), ("type", 1), (field, 1)],
-            name=f"test_unique_{field}",
-            unique=True,
-            partialFilterExpression={field: {"$type": "string"}},
-        )
+from tests.conftest import SEED_MAPPINGS, enforce_unique_contacts
 
 
 class CountingCollection:

@@ -1,7 +1,6 @@
 """Reliability and security of the billing import: resume, recovery, faults, bad input, isolation.
 
-Helpers shared by the modules here; the request and account helpers come from
-``tests/billing_import/test_job.py``.
+Helpers shared by the modules here; the request and account helpers are in ``tests/conftest.py``.
 """
 
 from __future__ import annotations

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from bson import ObjectId
-from dagster import DagsterInstance
 
 from stripe_crm_pipelines import store
 from stripe_crm_pipelines.billing_import import tags
 from stripe_crm_pipelines.billing_import.job import billing_contact_import
 from stripe_crm_pipelines.resources import MongoResource, StripeResource
-from tests.billing_import.test_job import SECRET_KEY, add_account, add_request, import_result
+from tests.conftest import SECRET_KEY, add_account, add_request, import_result
 from tests.reliability import evaluate_sensor
 
 DROP = object()
@@ -62,11 +60,6 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any], str]] = [
     ("Stripe 403", {}, {"token": {"access_token": FORBIDDEN_KEY}}, "HTTP 403"),
 ]
 GOOD_REQUESTS = 2
-
-
-@pytest.fixture
-def instance():
-    return DagsterInstance.ephemeral()
 
 
 def add_case(db, sandbox, number: int, request: dict, account: dict) -> tuple[ObjectId, ObjectId]:

@@ -5,13 +5,13 @@ the UI of a real ``dagster dev`` is in test_daemon.py.)"""
 from __future__ import annotations
 
 import pytest
-from dagster import DagsterExecutionInterruptedError, DagsterInstance
+from dagster import DagsterExecutionInterruptedError
 
 from stripe_crm_pipelines import store
-from stripe_crm_pipelines.billing_import import recovery
+from stripe_crm_pipelines.billing_import import importer
 from stripe_crm_pipelines.billing_import.job import billing_contact_import
 from stripe_crm_pipelines.resources import MongoResource, StripeResource
-from tests.billing_import.test_job import (
+from tests.conftest import (
     CONNECTED_ACCOUNT,
     add_account,
     add_request,
@@ -22,11 +22,6 @@ from tests.reliability import FaultyDatabase, assert_counts_add_up, evaluate_sen
 
 CUSTOMERS = 2000
 STOP_AFTER_CONTACTS = 300
-
-
-@pytest.fixture
-def instance():
-    return DagsterInstance.ephemeral()
 
 
 @pytest.fixture
@@ -46,7 +41,7 @@ def db(store_uri):
 def slow_sandbox(stripe_sandbox, monkeypatch):
     stripe_sandbox.state.seed_customers(CUSTOMERS, seed=41, account=CONNECTED_ACCOUNT)
     stripe_sandbox.state.configure(endpoint_latency_ms={"GET /v1/customers": 30})
-    monkeypatch.setattr(recovery, "HEARTBEAT_SECONDS", 0.02)
+    monkeypatch.setattr(importer, "HEARTBEAT_SECONDS", 0.02)
     return stripe_sandbox
 
 

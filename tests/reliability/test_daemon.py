@@ -14,7 +14,7 @@ from bson import ObjectId
 from stripe_crm_pipelines import store
 from stripe_crm_pipelines.billing_import import tags
 from stripe_crm_pipelines.sandbox import SandboxControl
-from tests.billing_import.test_job import add_account, add_request, import_result
+from tests.conftest import add_account, add_request, import_result
 from tests.reliability import assert_counts_add_up
 
 pytestmark = pytest.mark.slow

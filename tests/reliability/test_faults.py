@@ -19,14 +19,14 @@ from pymongo.errors import AutoReconnect, NetworkTimeout
 from stripe_crm_pipelines import store
 from stripe_crm_pipelines.billing_import.job import billing_contact_import
 from stripe_crm_pipelines.resources import MongoResource, StripeResource
-from tests.billing_import.test_job import (
+from tests.conftest import (
     CONNECTED_ACCOUNT,
     add_account,
     add_request,
+    enforce_unique_contacts,
     import_result,
     run_import,
 )
-from tests.billing_import.test_upsert import enforce_unique_contacts
 from tests.reliability import (
     FaultyDatabase,
     assert_counts_add_up,
@@ -36,16 +36,6 @@ from tests.reliability import (
 )
 
 LISTING = "GET /v1/customers"
-
-
-@pytest.fixture
-def instance():
-    return DagsterInstance.ephemeral()
-
-
-@pytest.fixture
-def sandbox(stripe_sandbox):
-    return stripe_sandbox
 
 
 @pytest.fixture

@@ -12,28 +12,29 @@ import pytest
 from bson import ObjectId
 from dagster import (
     DagsterEventType,
-    DagsterInstance,
     DagsterRunStatus,
     build_run_status_sensor_context,
 )
 
 from stripe_crm_pipelines import store
-from stripe_crm_pipelines.billing_import import recovery, tags
+from stripe_crm_pipelines.billing_import import importer, recovery, tags
+from stripe_crm_pipelines.billing_import.importer import ClaimWatch
 from stripe_crm_pipelines.billing_import.job import billing_contact_import
+from stripe_crm_pipelines.billing_import.queue import ClaimState, HeldRequest
 from stripe_crm_pipelines.billing_import.recovery import (
     MAX_ATTEMPTS,
-    ClaimWatch,
-    ImportCancelled,
     decide_recovery,
     why_stale,
 )
+from stripe_crm_pipelines.billing_import.results import ImportOutcome
 from stripe_crm_pipelines.billing_import.sensor import (
     billing_import_cancel_sensor,
     billing_import_failure_sensor,
+    run_facts,
 )
 from stripe_crm_pipelines.definitions import defs
 from stripe_crm_pipelines.resources import MongoResource, StripeResource
-from tests.billing_import.test_job import (
+from tests.conftest import (
     CONNECTED_ACCOUNT,
     add_account,
     add_request,
@@ -43,11 +44,6 @@ from tests.billing_import.test_job import (
 from tests.reliability import assert_counts_add_up, evaluate_sensor
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def instance():
-    return DagsterInstance.ephemeral()
 
 
 # --- the decision ---------------------------------------------------------------------------
@@ -90,8 +86,11 @@ def make_run(instance, status: DagsterRunStatus, import_id: ObjectId | None = No
     )
 
 
-def claimed(run_id: str, **fields) -> dict:
-    return {"_id": ObjectId(), "claimed_by_run": run_id, "claimed_at": NOW, **fields}
+def claimed(run_id: str, **fields) -> HeldRequest:
+    import_id = ObjectId()
+    outcome = ImportOutcome(str(import_id), str(ObjectId()), str(ObjectId()), "person", NOW)
+    values = {"attempts": 1, "cancel_requested": False, "claimed_at": NOW, "heartbeat_at": None}
+    return HeldRequest(import_id=import_id, run_id=run_id, outcome=outcome, **values | fields)
 
 
 @pytest.mark.parametrize(
@@ -110,7 +109,7 @@ def test_why_stale(instance, run_status, silent_for, stale):
     run = make_run(instance, run_status)
     request = claimed(run.run_id, heartbeat_at=NOW - silent_for, claimed_at=NOW - silent_for)
 
-    reason = why_stale(request, run, NOW)
+    reason = why_stale(request, run_facts(run), NOW)
 
     assert (reason is not None) == stale
     if stale:
@@ -126,7 +125,7 @@ def test_the_latest_heartbeat_counts_not_the_claim(instance):
     request = claimed(
         run.run_id, claimed_at=NOW - timedelta(hours=2), heartbeat_at=NOW - timedelta(seconds=5)
     )
-    assert why_stale(request, run, NOW) is None
+    assert why_stale(request, run_facts(run), NOW) is None
 
 
 # --- the sensor -----------------------------------------------------------------------------
@@ -418,7 +417,7 @@ def test_the_next_attempt_resumes_where_the_dead_run_stopped(
 
 
 def test_the_watch_beats_and_notices_a_cancel(db, mongo_uri, monkeypatch):
-    monkeypatch.setattr(recovery, "HEARTBEAT_SECONDS", 0.05)
+    monkeypatch.setattr(importer, "HEARTBEAT_SECONDS", 0.05)
     import_id = add_request(db, add_account(db))
     db[store.QUEUES].update_one(
         {"_id": import_id}, {"$set": {"in_progress": True, "claimed_by_run": "r1"}}
@@ -430,18 +429,9 @@ def test_the_watch_beats_and_notices_a_cancel(db, mongo_uri, monkeypatch):
         watch.raise_if_stopped()
         db[store.QUEUES].update_one({"_id": import_id}, {"$set": {"status": "cancelled"}})
         deadline = datetime.now(UTC) + timedelta(seconds=5)
-        while not watch.cancel_requested and datetime.now(UTC) < deadline:
+        while watch.state is ClaimState.HELD and datetime.now(UTC) < deadline:
             time.sleep(0.01)
-        with pytest.raises(ImportCancelled):
+        assert watch.state is ClaimState.CANCEL_REQUESTED
+        with pytest.raises(Exception, match="was cancelled"):
             watch.raise_if_stopped()
     assert db[store.QUEUES].find_one({"_id": import_id})["heartbeat_at"] > first
-
-
-@pytest.fixture
-def sandbox(stripe_sandbox):
-    return stripe_sandbox
-
-
-@pytest.fixture
-def contacts(db):
-    return db[store.CONTACTS]

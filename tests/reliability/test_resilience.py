@@ -14,7 +14,7 @@ from stripe_crm_pipelines.resilience import (
     merge_bulk_results,
 )
 from stripe_crm_pipelines.resources import MongoResource
-from tests.billing_import.test_upsert import enforce_unique_contacts
+from tests.conftest import enforce_unique_contacts
 
 
 @pytest.fixture

@@ -25,14 +25,14 @@ from dagster._core.instance.ref import InstanceRef
 
 from stripe_crm_pipelines import store
 from stripe_crm_pipelines.billing_import import recovery, tags
-from tests.billing_import.test_job import (
+from tests.conftest import (
     CONNECTED_ACCOUNT,
+    SEED_MAPPINGS,
     add_account,
     add_request,
     import_result,
     run_import,
 )
-from tests.billing_import.test_upsert import SEED_MAPPINGS
 from tests.reliability import (
     assert_counts_add_up,
     assert_no_duplicate_contacts,

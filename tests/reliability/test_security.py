@@ -16,7 +16,7 @@ from dagster._serdes import serialize_value
 from stripe_crm_pipelines import store
 from stripe_crm_pipelines.billing_import.job import billing_contact_import
 from stripe_crm_pipelines.resources import MongoResource, StripeResource
-from tests.billing_import.test_job import (
+from tests.conftest import (
     CONNECTED_ACCOUNT,
     SECRET_KEY,
     add_account,
@@ -27,11 +27,6 @@ from tests.reliability import FaultyDatabase
 
 PROJECT = Path(__file__).resolve().parents[2]
 APP_SECRET = "app-secret-of-the-reliability-tests-7f3a9c2e51b04d68"
-
-
-@pytest.fixture
-def instance():
-    return DagsterInstance.ephemeral()
 
 
 def run(mongo_uri, sandbox, import_id, instance):

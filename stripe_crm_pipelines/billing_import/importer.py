@@ -1,0 +1,468 @@
+"""The billing contact import as plain functions: claim a request, then import its customers.
+
+:func:`claim_import` claims the request (``queue``) and checks it can run. :func:`run_import`
+does the work: it lists the connected account's Stripe customers (``fetch``) and, batch by
+batch, maps, matches and writes them (``upsert``), then checkpoints the counts and cursor on the
+request. A retried or re-queued import resumes after its checkpoint, first re-reading (without
+writing) what was already written so a later customer with an imported email still counts as a
+duplicate.
+
+How an import ends, whoever runs it (a Dagster op, a test, a script):
+
+* it returns its :class:`~stripe_crm_pipelines.billing_import.results.ImportOutcome` (the caller
+  records it with :func:`queue.complete`);
+* :class:`ImportFailed`: the request is closed ``failed`` with the message, unless the error is
+  transient and the caller may try again (``transient`` true, the request left claimed with its
+  checkpoint);
+* :class:`ImportCancelled`: the CRM set the request to ``cancelled``, or the run was terminated;
+  the request is closed ``cancelled`` with the counts so far;
+* :class:`~stripe_crm_pipelines.billing_import.queue.ClaimLost`: another run holds the request
+  now; nothing is written.
+
+Any other interruption (the process exiting) leaves the request claimed for recovery to queue it
+again. Nothing here depends on Dagster; log lines go to the ``log`` the caller passes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, NoReturn, Protocol
+
+import stripe
+from bson import ObjectId
+from pymongo.errors import PyMongoError
+
+from stripe_crm_pipelines import store
+from stripe_crm_pipelines.billing_import import queue
+from stripe_crm_pipelines.billing_import.fetch import (
+    CustomerBatches,
+    FetchSettings,
+    iter_customer_batches,
+)
+from stripe_crm_pipelines.billing_import.queue import Checkpoint, ClaimLost, ClaimState
+from stripe_crm_pipelines.billing_import.rate_limit import bucket_for_key
+from stripe_crm_pipelines.billing_import.requests import ImportRequest
+from stripe_crm_pipelines.billing_import.results import ImportOutcome
+from stripe_crm_pipelines.billing_import.upsert import (
+    SeenCustomers,
+    UpsertTarget,
+    backfill_email_keys,
+    recall_page,
+    upsert_customers,
+)
+from stripe_crm_pipelines.errors import is_transient
+from stripe_crm_pipelines.resources.stripe import RequestStats, stripe_error_message
+from stripe_crm_pipelines.stripe_keys import StripeKeyError, load_billing_credentials
+
+DEFAULT_MAX_CUSTOMERS = 50_000
+"""Safety cap of one import (seed issue 8) when neither the request nor the caller sets one."""
+LOG_EVERY_PAGES = 10
+HEARTBEAT_SECONDS = 5.0
+"""How often a running import stamps ``heartbeat_at`` on its request and looks for a cancel."""
+EXPECTED_ERRORS = (stripe.StripeError, PyMongoError)
+"""Errors the failure message fully describes; anything else keeps its traceback."""
+
+LOG = logging.getLogger(__name__)
+
+
+class ImportFailed(Exception):
+    """The import stopped on an error; :attr:`message` says why (never the Stripe key).
+
+    ``transient``: the error may go away and the request is still claimed, to be tried again
+    from its checkpoint. Otherwise the request was closed ``failed`` and :attr:`result_id` is its
+    result (None if the run no longer held it).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        outcome: ImportOutcome,
+        *,
+        transient: bool = False,
+        result_id: ObjectId | None = None,
+    ):
+        super().__init__(message)
+        self.message = message
+        self.outcome = outcome
+        self.transient = transient
+        self.result_id = result_id
+
+
+class ImportCancelled(Exception):
+    """The import stopped on request; the request was closed ``cancelled`` with the counts so
+    far (:attr:`result_id` is its result)."""
+
+    def __init__(self, message: str, outcome: ImportOutcome, result_id: ObjectId | None):
+        super().__init__(message)
+        self.message = message
+        self.outcome = outcome
+        self.result_id = result_id
+
+
+class StripeClientFactory(Protocol):
+    """Builds the Stripe client of a connected account (``StripeResource.client``)."""
+
+    def __call__(
+        self,
+        secret_key: str,
+        stripe_account: str | None,
+        *,
+        stats: RequestStats | None = None,
+        before_request: Callable[[], None] | None = None,
+    ) -> stripe.StripeClient: ...
+
+
+@dataclass(frozen=True)
+class ClaimedImport:
+    """A claimed request and how many customers its import may take."""
+
+    claim: queue.Claim
+    max_customers: int
+
+    @property
+    def request(self) -> ImportRequest:
+        return self.claim.request
+
+
+def claim_import(
+    db,
+    import_id: ObjectId,
+    run_id: str,
+    *,
+    max_customers: int | None = None,
+    log: logging.Logger = LOG,
+) -> ClaimedImport:
+    """Claim the request for ``run_id`` and check its account still exists.
+
+    ``max_customers`` overrides the request's own limit. Raises
+    :class:`~stripe_crm_pipelines.billing_import.queue.NotClaimable` (nothing changed) or
+    :class:`ImportFailed` (the request closed ``failed``: invalid, or its account is gone).
+    """
+    try:
+        claim = queue.claim(db, import_id, run_id)
+    except queue.ClaimRejected as rejected:
+        log.error(f"Import {import_id} failed: {rejected.message}")
+        raise ImportFailed(
+            rejected.message, rejected.outcome, result_id=rejected.result_id
+        ) from None
+    request = claim.request
+    limit = max_customers or request.max_customers or DEFAULT_MAX_CUSTOMERS
+    if db[store.ACCOUNTS].find_one({"_id": request.account_id}, {"_id": 1}) is None:
+        message = f"Account {request.account_id} no longer exists"
+        _fail(db, claim, _new_outcome(claim, limit), message, log)
+    log.info(
+        f"Claimed import {import_id} (attempt {request.attempts}): {request.import_type} → "
+        f"{request.contact_type} contacts of account {request.account_id}, "
+        f"{len(request.mappings)} mapped field(s), new_contact={request.new_contact}, "
+        f"at most {limit} customers"
+    )
+    return ClaimedImport(claim=claim, max_customers=limit)
+
+
+def run_import(
+    db,
+    claimed: ClaimedImport,
+    stripe_client: StripeClientFactory,
+    *,
+    settings: FetchSettings | None = None,
+    connect: Callable[[], Any] | None = None,
+    may_retry: bool = False,
+    termination_requested: Callable[[], bool] = lambda: False,
+    log: logging.Logger = LOG,
+) -> ImportOutcome:
+    """Import the claimed request's Stripe customers into contacts; the counts when done.
+
+    ``settings.requests_per_second`` None means the key's default rate. ``connect`` opens the
+    database for the heartbeat thread (default: ``db`` itself). ``may_retry``: a transient
+    error leaves the request claimed for another try (:class:`ImportFailed` with ``transient``)
+    instead of failing it. ``termination_requested`` tells an interrupt that stops the run on
+    purpose (the import is then closed ``cancelled``) from one that kills the process.
+    """
+    claim = claimed.claim
+    # This run's own checkpoint (an earlier try of the same op), else a dead attempt's.
+    checkpoint = queue.saved_checkpoint(db, claim.request.id, claim.run_id) or claim.resume_from
+    if checkpoint is not None:
+        outcome = checkpoint.outcome
+        log.info(
+            f"Resuming after page {outcome.pages_fetched} "
+            f"({outcome.customers_fetched} customers already imported)"
+        )
+    else:
+        outcome = _new_outcome(claim, claimed.max_customers)
+    try:
+        credentials = load_billing_credentials(db, claim.request.account_id)
+    except StripeKeyError as error:
+        _fail(db, claim, outcome, str(error), log)
+
+    stats = RequestStats()
+    settings = settings or FetchSettings()
+    limiter = bucket_for_key(credentials.secret_key, settings.requests_per_second)
+    client = stripe_client(
+        credentials.secret_key,
+        credentials.stripe_account,
+        stats=stats,
+        before_request=limiter.acquire,
+    )
+    try:
+        with ClaimWatch(connect or (lambda: db), claim.request.id, claim.run_id, log) as watch:
+            watch.raise_if_stopped()
+            _sync_batches(
+                db,
+                claim,
+                outcome,
+                client,
+                checkpoint,
+                watch,
+                replace(settings, requests_per_second=limiter.rate),
+                log,
+            )
+    except ClaimLost:
+        raise
+    except _CancelRequested:
+        outcome.record_requests(stats)
+        message = f"Cancelled on request after {_progress(outcome)}"
+        result_id = _close(db, claim, outcome, queue.CANCELLED, message)
+        log.error(f"Import {claim.request.id} cancelled: {message}")
+        raise ImportCancelled(message, outcome, result_id) from None
+    except Exception as error:
+        outcome.record_requests(stats)
+        message = _scrub(_failure_message(error), credentials.secret_key)
+        if is_transient(error) and may_retry:
+            raise ImportFailed(message, outcome, transient=True) from None
+        unexpected = not isinstance(error, EXPECTED_ERRORS)
+        _fail(db, claim, outcome, message, log, cause=error if unexpected else None)
+    except BaseException:
+        if termination_requested():
+            outcome.record_requests(stats)
+            message = f"Run terminated; import cancelled after {_progress(outcome)}"
+            _close(db, claim, outcome, queue.CANCELLED, message)
+            log.warning(f"Import {claim.request.id} cancelled: {message}")
+        raise
+
+    outcome.record_requests(stats)
+    outcome.finish()
+    log.info(
+        f"Synced {outcome.customers_fetched} customers over {outcome.pages_fetched} page(s): "
+        f"{outcome.records_added} added, {outcome.records_updated} updated, "
+        f"{outcome.records_skipped} skipped, {outcome.duplicates} duplicates, "
+        f"{outcome.import_errors_count} errors"
+    )
+    return outcome
+
+
+class _CancelRequested(Exception):
+    """The CRM set the request to ``cancelled`` while it ran."""
+
+
+class ClaimWatch:
+    """While an import runs: beat the claim's heartbeat every :data:`HEARTBEAT_SECONDS` from a
+    background thread and notice a cancel request or a lost claim.
+
+    ``connect`` opens the database; the background thread opens its own (the embedded store's
+    connections belong to the thread that opened them). Use as a context manager and call
+    :meth:`raise_if_stopped` between batches.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], Any],
+        import_id: ObjectId,
+        run_id: str,
+        log: logging.Logger = LOG,
+    ):
+        self._connect = connect
+        self._import_id = import_id
+        self._run_id = run_id
+        self._log = log
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat_until_stopped, daemon=True)
+        self.state = ClaimState.HELD
+
+    def __enter__(self) -> ClaimWatch:
+        self.state = queue.heartbeat(self._connect(), self._import_id, self._run_id)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=HEARTBEAT_SECONDS + 5)
+
+    def raise_if_stopped(self) -> None:
+        """Raise :class:`ClaimLost` if another run holds the request now (this one was taken for
+        dead and replaced), or stop the import if the request was cancelled."""
+        if self.state is ClaimState.LOST:
+            raise ClaimLost(
+                f"Import request {self._import_id} is no longer claimed by this run; stopped"
+            )
+        if self.state is ClaimState.CANCEL_REQUESTED:
+            raise _CancelRequested(f"Import request {self._import_id} was cancelled")
+
+    def _beat_until_stopped(self) -> None:
+        db = None
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            try:
+                db = db or self._connect()
+                self.state = queue.heartbeat(db, self._import_id, self._run_id)
+            except Exception as error:  # the import itself will meet a lasting store failure
+                self._log.warning(
+                    f"Heartbeat of import {self._import_id} failed: {type(error).__name__}"
+                )
+
+
+def _sync_batches(
+    db,
+    claim: queue.Claim,
+    outcome: ImportOutcome,
+    client: stripe.StripeClient,
+    checkpoint: Checkpoint | None,
+    watch: ClaimWatch,
+    settings: FetchSettings,
+    log: logging.Logger,
+) -> None:
+    """Fetch → map → match → bulk write → checkpoint, one batch at a time (a page, or
+    ``settings.batch_size`` customers once the walk fans out); between batches, stop if ``watch``
+    says the request was cancelled or taken over."""
+    contacts = db[store.CONTACTS]
+    target = claim.request.upsert_target
+    seen = SeenCustomers()
+    limit = outcome.max_customers or DEFAULT_MAX_CUSTOMERS
+    if checkpoint is None:
+        created_lte, cursor = int(time.time()), None
+    else:
+        created_lte, cursor = checkpoint.created_lte, checkpoint.cursor
+        if cursor is None:
+            return
+        _recall_written(client, contacts, target, seen, created_lte, cursor, outcome, settings)
+    # Listing starts at once: pages arrive while existing contacts get their email keys.
+    with CustomerBatches(
+        client,
+        created_lte=created_lte,
+        starting_after=cursor,
+        max_customers=limit - outcome.customers_fetched,
+        settings=settings,
+    ) as batches:
+        if checkpoint is None:
+            outcome.add_backfill(backfill_email_keys(contacts, target))
+            if outcome.email_keys_backfilled or outcome.email_key_conflicts:
+                log.info(
+                    f"Gave {outcome.email_keys_backfilled} existing contact(s) a normalised "
+                    f"email key ({outcome.email_key_conflicts} share an email with another "
+                    "contact)"
+                )
+        for batch in batches:
+            pages_before = outcome.pages_fetched
+            outcome.add_batch(
+                batch.pages,
+                len(batch.customers),
+                upsert_customers(contacts, batch.customers, target, seen),
+            )
+            finished = not batch.has_more or outcome.customers_fetched >= limit
+            outcome.limit_reached = batch.has_more and finished
+            queue.save_checkpoint(
+                db,
+                claim.request.id,
+                Checkpoint(
+                    run_id=claim.run_id,
+                    created_lte=created_lte,
+                    cursor=None if finished else batch.cursor,
+                    outcome=outcome,
+                ),
+            )
+            watch.raise_if_stopped()
+            if batch.number == 1 or pages_before // LOG_EVERY_PAGES < (
+                outcome.pages_fetched // LOG_EVERY_PAGES
+            ):
+                log.info(
+                    f"Page {outcome.pages_fetched}: {outcome.customers_fetched} customers so "
+                    f"far, {outcome.records_added} added, {outcome.records_updated} updated, "
+                    f"{outcome.import_errors_count} errors"
+                )
+    if outcome.limit_reached:
+        log.warning(
+            f"Stopped at the limit of {limit} customers; the account has more customers in Stripe"
+        )
+
+
+def _recall_written(
+    client: stripe.StripeClient,
+    contacts,
+    target: UpsertTarget,
+    seen: SeenCustomers,
+    created_lte: int,
+    cursor: str,
+    outcome: ImportOutcome,
+    settings: FetchSettings,
+) -> None:
+    """Re-read (without writing) the customers an earlier attempt wrote, down to its cursor, so a
+    resumed attempt still reports a later customer with an already-imported email as a
+    duplicate."""
+    batches = iter_customer_batches(
+        client, created_lte=created_lte, max_customers=outcome.customers_fetched, settings=settings
+    )
+    for batch in batches:
+        written = batch.customers
+        if cursor in (ids := [customer["id"] for customer in written]):
+            written = written[: ids.index(cursor) + 1]
+        recall_page(contacts, written, target, seen)
+        if len(written) < len(batch.customers):
+            return
+
+
+def _fail(
+    db,
+    claim: queue.Claim,
+    outcome: ImportOutcome,
+    message: str,
+    log: logging.Logger,
+    *,
+    cause: BaseException | None = None,
+) -> NoReturn:
+    """Close the request ``failed`` and raise :class:`ImportFailed`; ``cause`` (an unexpected
+    exception) stays attached for its traceback."""
+    result_id = _close(db, claim, outcome, queue.FAILED, message)
+    log.error(f"Import {claim.request.id} failed: {message}")
+    raise ImportFailed(message, outcome, result_id=result_id) from cause
+
+
+def _close(
+    db, claim: queue.Claim, outcome: ImportOutcome, status: str, message: str
+) -> ObjectId | None:
+    outcome.finish()
+    return queue.close(db, claim.request.id, claim.run_id, outcome, status=status, message=message)
+
+
+def _new_outcome(claim: queue.Claim, max_customers: int) -> ImportOutcome:
+    request = claim.request
+    return ImportOutcome(
+        import_id=str(request.id),
+        account_id=str(request.account_id),
+        user_id=str(request.user_id),
+        contact_type=request.contact_type,
+        started_at=claim.claimed_at,
+        max_customers=max_customers,
+    )
+
+
+def _progress(outcome: ImportOutcome) -> str:
+    return f"{outcome.pages_fetched} page(s), {outcome.customers_fetched} customers"
+
+
+def _failure_message(error: Exception) -> str:
+    if isinstance(error, stripe.AuthenticationError | stripe.PermissionError):
+        return f"Stripe rejected the account's billing key: {stripe_error_message(error)}"
+    if isinstance(error, stripe.InvalidRequestError):
+        return f"Stripe refused the customer listing: {stripe_error_message(error)}"
+    if isinstance(error, stripe.StripeError):
+        return f"Stripe is unavailable: {stripe_error_message(error)}"
+    if isinstance(error, PyMongoError):
+        return f"MongoDB error: {type(error).__name__}: {error}"
+    return f"Import failed: {type(error).__name__}: {error}"
+
+
+def _scrub(message: str, secret_key: str) -> str:
+    """Never let the key itself into a message, whatever an error chose to echo."""
+    return message.replace(secret_key, "***") if secret_key else message

@@ -1,0 +1,413 @@
+"""The import request (a ``queues`` document) and every change made to it.
+
+This module is the only one that writes a ``queues`` document. A billing import request moves
+through these states:
+
+* **pending** (``status: pending``, ``in_progress: false``), as the CRM writes it; the sensor lists
+  these (:func:`pending_requests`);
+* **claimed** by one run (:func:`claim`: ``in_progress``, ``claimed_by_run``, ``claimed_at``,
+  ``attempts`` + 1), atomically, so a request is processed by one run only; while the run imports
+  it stamps ``heartbeat_at`` (:func:`heartbeat`) and saves its progress after every batch
+  (:func:`save_checkpoint`);
+* **completed** (:func:`complete`), **failed** or **cancelled** (:func:`close`, :func:`fail`,
+  :func:`cancel`): closed with its ``contact_import_results`` document, kept for audit;
+* back to **pending** (:func:`requeue`) when its run died: the checkpoint becomes ``resume_from``,
+  so the next run continues where the dead one stopped.
+
+The CRM may set ``status: cancelled`` on a claimed request; the running import notices through
+its heartbeat and closes it ``cancelled``. Every write after the claim is conditional on
+``claimed_by_run``: a run that lost its claim (taken for dead and replaced) changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
+
+from bson import ObjectId
+from pymongo import ReturnDocument
+
+from stripe_crm_pipelines import store
+from stripe_crm_pipelines.billing_import.requests import (
+    CONTACT_TYPES,
+    IMPORT_SOURCE,
+    ImportRequest,
+    InvalidImportRequest,
+    parse_import_request,
+)
+from stripe_crm_pipelines.billing_import.results import (
+    ImportOutcome,
+    result_document,
+    save_result,
+)
+
+PENDING = "pending"
+COMPLETED = "completed"
+FAILED = "failed"
+CANCELLED = "cancelled"
+CLOSED_STATUSES = (FAILED, CANCELLED)
+"""How :func:`close` may end a request (:func:`complete` is the third way)."""
+
+PENDING_FILTER: dict[str, Any] = {"source": IMPORT_SOURCE, "status": PENDING, "in_progress": False}
+"""Requests waiting for a run."""
+CLAIMED_FILTER: dict[str, Any] = {
+    "source": IMPORT_SOURCE,
+    "in_progress": True,
+    "status": {"$in": [PENDING, CANCELLED]},
+    "claimed_by_run": {"$type": "string"},
+}
+"""Requests a run of this project holds. ``in_progress`` without ``claimed_by_run`` is a claim
+by another system (the Node.js queue manager): never ours to touch."""
+
+
+class NotClaimable(Exception):
+    """The request cannot be claimed (missing, not a billing import, held by another run, or not
+    pending); it was left unchanged. The message says which."""
+
+
+class ClaimRejected(Exception):
+    """The claimed request is invalid; it was closed ``failed`` with :attr:`message`."""
+
+    def __init__(self, message: str, outcome: ImportOutcome, result_id: ObjectId | None):
+        super().__init__(message)
+        self.message = message
+        self.outcome = outcome
+        self.result_id = result_id
+
+
+class ClaimLost(Exception):
+    """The run no longer holds the request: another run took it over (this one was taken for
+    dead), or it was closed. Nothing was written."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """An import's progress, saved on its request after every written batch."""
+
+    run_id: str
+    """The run that saved it."""
+    created_lte: int
+    """The listing's snapshot: customers created up to this second."""
+    cursor: str | None
+    """The last customer written; the listing resumes after it. None: nothing left to list."""
+    outcome: ImportOutcome
+    """The counts so far."""
+
+    def as_document(self, saved_at: datetime) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "cursor": self.cursor,
+            "created_lte": self.created_lte,
+            "saved_at": saved_at,
+            "outcome": self.outcome.checkpoint(),
+        }
+
+    @classmethod
+    def from_document(cls, document: object) -> Checkpoint | None:
+        """The checkpoint a request holds; None when it has none or one this project did not
+        write (the import then starts over, which rewrites the same contacts)."""
+        if not isinstance(document, Mapping) or not isinstance(document.get("outcome"), Mapping):
+            return None
+        created_lte, cursor = document.get("created_lte"), document.get("cursor")
+        if not isinstance(created_lte, int) or not isinstance(cursor, str | None):
+            return None
+        return cls(
+            run_id=str(document.get("run_id")),
+            created_lte=created_lte,
+            cursor=cursor,
+            outcome=ImportOutcome.resume(dict(document["outcome"])),
+        )
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A request claimed by a run, parsed once."""
+
+    request: ImportRequest
+    run_id: str
+    claimed_at: datetime
+    resume_from: Checkpoint | None
+    """Where a dead earlier attempt stopped, if it wrote anything."""
+
+
+class ClaimState(Enum):
+    """What a heartbeat found."""
+
+    HELD = "held"
+    CANCEL_REQUESTED = "cancel_requested"
+    """Still held, but the CRM set the request to ``cancelled``."""
+    LOST = "lost"
+
+
+@dataclass(frozen=True)
+class HeldRequest:
+    """A request a run of this project holds, as recovery needs to judge it."""
+
+    import_id: ObjectId
+    run_id: str
+    attempts: int
+    cancel_requested: bool
+    claimed_at: datetime | None
+    heartbeat_at: datetime | None
+    outcome: ImportOutcome
+    """The counts its last checkpoint saved, else zeros."""
+
+
+def pending_requests(db, fields: Mapping[str, int]) -> list[dict[str, Any]]:
+    """The pending billing requests, newest first (as the seed), with ``fields`` only."""
+    return list(
+        db[store.QUEUES].find(PENDING_FILTER, dict(fields)).sort([("createdAt", -1), ("_id", -1)])
+    )
+
+
+def claim(db, import_id: ObjectId, run_id: str, now: datetime | None = None) -> Claim:
+    """Claim a pending request for ``run_id`` atomically and parse it.
+
+    Raises :class:`NotClaimable` (nothing changed) when it is not pending, and
+    :class:`ClaimRejected` after closing it ``failed`` when it cannot be parsed. A claim retried
+    after a lost reply finds its own first try.
+    """
+    now = now or datetime.now(UTC)
+    document = db[store.QUEUES].find_one_and_update(
+        {"_id": import_id, **PENDING_FILTER},
+        {
+            "$set": {"in_progress": True, "claimed_by_run": run_id, "claimed_at": now},
+            "$inc": {"attempts": 1},
+            "$unset": {"checkpoint": "", "error": ""},
+        },
+        return_document=ReturnDocument.AFTER,
+    )
+    if document is None:
+        document = db[store.QUEUES].find_one(
+            {"_id": import_id, "in_progress": True, "claimed_by_run": run_id}
+        )
+    if document is None:
+        raise NotClaimable(_not_claimable(db, import_id))
+    try:
+        request = parse_import_request(document)
+    except InvalidImportRequest as error:
+        message = f"Invalid import request: {error}"
+        outcome = outcome_so_far(document)
+        outcome.finish()
+        result_id = fail(db, import_id, run_id, outcome, message)
+        raise ClaimRejected(message, outcome, result_id) from None
+    claimed_at = document["claimed_at"] if isinstance(document.get("claimed_at"), datetime) else now
+    return Claim(
+        request=request,
+        run_id=run_id,
+        claimed_at=claimed_at,
+        resume_from=Checkpoint.from_document(document.get("resume_from")),
+    )
+
+
+def saved_checkpoint(db, import_id: ObjectId, run_id: str) -> Checkpoint | None:
+    """The checkpoint ``run_id`` saved itself (an earlier try of the same op); raises
+    :class:`ClaimLost` when the run no longer holds the request."""
+    document = db[store.QUEUES].find_one(
+        {"_id": import_id, "in_progress": True, "claimed_by_run": run_id}, {"checkpoint": 1}
+    )
+    if document is None:
+        raise ClaimLost(f"Import request {import_id} is no longer claimed by this run")
+    # The claim cleared any older checkpoint: one saved since is this run's own.
+    return Checkpoint.from_document(document.get("checkpoint"))
+
+
+def save_checkpoint(db, import_id: ObjectId, checkpoint: Checkpoint) -> None:
+    """Save the progress of the run holding the request; raises :class:`ClaimLost` if it no
+    longer does."""
+    saved = db[store.QUEUES].update_one(
+        {"_id": import_id, "in_progress": True, "claimed_by_run": checkpoint.run_id},
+        {"$set": {"checkpoint": checkpoint.as_document(datetime.now(UTC))}},
+    )
+    if saved.matched_count == 0:
+        raise ClaimLost(f"Import request {import_id} is no longer claimed by this run; stopped")
+
+
+def heartbeat(db, import_id: ObjectId, run_id: str) -> ClaimState:
+    """Stamp ``heartbeat_at`` on a held request and read its status, in one round trip."""
+    request = db[store.QUEUES].find_one_and_update(
+        {"_id": import_id, "in_progress": True, "claimed_by_run": run_id},
+        {"$set": {"heartbeat_at": datetime.now(UTC)}},
+        projection={"status": 1},
+    )
+    if request is None:
+        return ClaimState.LOST
+    if request.get("status") == CANCELLED:
+        return ClaimState.CANCEL_REQUESTED
+    return ClaimState.HELD
+
+
+def complete(db, import_id: ObjectId, run_id: str, outcome: ImportOutcome) -> tuple[ObjectId, bool]:
+    """Record a finished import's ``completed`` result and close its request ``completed``.
+
+    Returns the result's id and whether the request was closed (False: the run no longer holds
+    it, and it was left unchanged). Safe to repeat: the result is written once per run.
+    """
+    finished_at = outcome.finished_at or datetime.now(UTC)
+    result_id = save_result(db, result_document(outcome, status=COMPLETED, run_id=run_id))
+    closed = db[store.QUEUES].update_one(
+        {"_id": import_id, "claimed_by_run": run_id},
+        {
+            "$set": {
+                "status": COMPLETED,
+                "in_progress": False,
+                "finished_at": finished_at,
+                "result_id": result_id,
+            },
+            "$unset": {"error": "", "resume_from": ""},
+        },
+    )
+    return result_id, closed.matched_count > 0
+
+
+def close(
+    db,
+    import_id: ObjectId,
+    run_id: str,
+    outcome: ImportOutcome,
+    *,
+    status: str,
+    message: str,
+) -> ObjectId | None:
+    """Close a request ``run_id`` holds as ``failed`` or ``cancelled`` with ``message`` and
+    record its result with the counts so far. None (and nothing written) if the run no longer
+    holds it."""
+    if status not in CLOSED_STATUSES:
+        raise ValueError(f"status must be one of {CLOSED_STATUSES}, got {status!r}")
+    held = {"_id": import_id, "in_progress": True, "claimed_by_run": run_id}
+    closed = db[store.QUEUES].update_one(
+        held,
+        {
+            "$set": {
+                "status": status,
+                "in_progress": False,
+                "error": message,
+                "finished_at": outcome.finished_at or datetime.now(UTC),
+                "result_id": None,
+            },
+            "$unset": {"resume_from": ""},
+        },
+    )
+    if closed.matched_count == 0:
+        return None
+    result_id = save_result(
+        db, result_document(outcome, status=status, run_id=run_id, error=message)
+    )
+    db[store.QUEUES].update_one(
+        {"_id": import_id, "claimed_by_run": run_id}, {"$set": {"result_id": result_id}}
+    )
+    return result_id
+
+
+def fail(
+    db, import_id: ObjectId, run_id: str, outcome: ImportOutcome, message: str
+) -> ObjectId | None:
+    """:func:`close` the request ``failed``."""
+    return close(db, import_id, run_id, outcome, status=FAILED, message=message)
+
+
+def cancel(
+    db, import_id: ObjectId, run_id: str, outcome: ImportOutcome, message: str
+) -> ObjectId | None:
+    """:func:`close` the request ``cancelled``."""
+    return close(db, import_id, run_id, outcome, status=CANCELLED, message=message)
+
+
+def requeue(db, import_id: ObjectId, run_id: str, cause: str, now: datetime) -> bool:
+    """Put a request a dead run held back to pending for another run; its checkpoint becomes
+    ``resume_from``. False (nothing changed) if ``run_id`` no longer holds it."""
+    requeued = db[store.QUEUES].update_one(
+        {**CLAIMED_FILTER, "_id": import_id, "claimed_by_run": run_id},
+        {
+            "$set": {
+                "status": PENDING,
+                "in_progress": False,
+                "last_error": cause,
+                "requeued_at": now,
+            },
+            "$unset": {"claimed_by_run": "", "claimed_at": "", "heartbeat_at": ""},
+            "$rename": {"checkpoint": "resume_from"},
+            "$push": {"failed_attempts": {"run_id": run_id, "error": cause, "at": now}},
+        },
+    )
+    return requeued.matched_count > 0
+
+
+def held_requests(db) -> Iterator[HeldRequest]:
+    """Every request a run of this project holds."""
+    for document in db[store.QUEUES].find(CLAIMED_FILTER):
+        yield _held(document)
+
+
+def request_held_by(db, run_id: str) -> HeldRequest | None:
+    """The request ``run_id`` holds, if any."""
+    document = db[store.QUEUES].find_one({**CLAIMED_FILTER, "claimed_by_run": run_id})
+    return None if document is None else _held(document)
+
+
+def attempts_of(request: Mapping[str, Any]) -> int:
+    """The request's ``attempts`` (runs that claimed it), 0 when absent or not a count."""
+    value = request.get("attempts")
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        return 0
+    return int(value)
+
+
+def outcome_so_far(document: Mapping[str, Any]) -> ImportOutcome:
+    """The counts of a request that never got going (malformed, or its run died): those its
+    checkpoint saved (or the one an earlier attempt left to resume from), else zeros,
+    identified as far as its fields allow."""
+    for name in ("checkpoint", "resume_from"):
+        checkpoint = document.get(name)
+        if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("outcome"), Mapping):
+            return ImportOutcome.resume(dict(checkpoint["outcome"]))
+    import_type = document.get("type")
+    return ImportOutcome(
+        import_id=str(document["_id"]),
+        account_id=str(document.get("account_id")),
+        user_id=str(document.get("user_id")),
+        contact_type=CONTACT_TYPES.get(import_type, str(import_type))
+        if isinstance(import_type, str)
+        else str(import_type),
+        started_at=datetime.now(UTC),
+    )
+
+
+def _held(document: Mapping[str, Any]) -> HeldRequest:
+    return HeldRequest(
+        import_id=document["_id"],
+        run_id=document["claimed_by_run"],
+        attempts=attempts_of(document),
+        cancel_requested=document.get("status") == CANCELLED,
+        claimed_at=_moment(document.get("claimed_at")),
+        heartbeat_at=_moment(document.get("heartbeat_at")),
+        outcome=outcome_so_far(document),
+    )
+
+
+def _moment(value: object) -> datetime | None:
+    if not isinstance(value, datetime):
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _not_claimable(db, import_id: ObjectId) -> str:
+    document = db[store.QUEUES].find_one(
+        {"_id": import_id}, {"status": 1, "in_progress": 1, "claimed_by_run": 1, "source": 1}
+    )
+    if document is None:
+        return f"Import request {import_id} does not exist"
+    if document.get("source") != IMPORT_SOURCE:
+        return (
+            f"Queue document {import_id} is not a billing import "
+            f"(source {document.get('source')!r})"
+        )
+    if document.get("in_progress"):
+        return (
+            f"Import request {import_id} is already in progress "
+            f"(claimed by run {document.get('claimed_by_run') or 'unknown'}); not processed twice"
+        )
+    return f"Import request {import_id} is {document.get('status')!r}, not pending; nothing to do"
