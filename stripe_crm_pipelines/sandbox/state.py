@@ -217,6 +217,8 @@ class SandboxState:
                     self._sleep(fault.delay)
                 raise fault.error()
         params = {**entry["query"], **entry["form"]}
+        if settings.reject_created and request.method == "GET" and "created" in params:
+            raise invalid("Unexpected created")
         context = RequestContext(
             account, time.time(), request.base_url, settings.search_index_delay
         )
