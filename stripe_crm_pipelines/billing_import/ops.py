@@ -1,7 +1,7 @@
 """The ops of ``billing_contact_import``: claim the request, sync the customers, record the result.
 
 The ops are adapters: parsing lives in ``requests``, mapping in ``mapping``, matching and bulk
-writes in ``upsert``, paging in ``fetch``, counts and documents in ``results``. Everything that
+writes in ``upsert``, listing in ``batches``, counts and documents in ``results``. Everything that
 fails after the claim goes through :func:`fail_import`, which marks the request ``failed`` with
 the reason, writes a ``failed`` import result and raises :class:`dagster.Failure` with the same
 message for the run page. A request set to ``cancelled`` while it runs, or a run terminated from
@@ -36,13 +36,12 @@ from pymongo import ReturnDocument
 from pymongo.errors import PyMongoError
 
 from stripe_crm_pipelines import store
-from stripe_crm_pipelines.billing_import.fetch import (
+from stripe_crm_pipelines.billing_import.batches import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CONCURRENCY,
     DEFAULT_FAN_OUT_AFTER_SECONDS,
-    CustomerBatches,
     FetchSettings,
-    iter_customer_batches,
+    customer_batches,
 )
 from stripe_crm_pipelines.billing_import.rate_limit import (
     LIVE_REQUESTS_PER_SECOND,
@@ -65,6 +64,7 @@ from stripe_crm_pipelines.billing_import.requests import (
     parse_stripe_credentials,
 )
 from stripe_crm_pipelines.billing_import.results import (
+    LISTING_WITHOUT_SNAPSHOT,
     ImportOutcome,
     completed_request_update,
     outcome_of_document,
@@ -130,7 +130,9 @@ class SyncCustomersConfig(Config):
         description="At most this many windows of `created` seconds listed at once after the "
         "walk fans out; it keeps as many going as the key's rate limit can serve at the pace "
         "of its pages (6 at 25 requests/s and 200 ms pages). 1 walks the customer list "
-        "sequentially, for servers without `created` filters.",
+        "sequentially, still under the snapshot `created[lte]` (the second the import "
+        "started). A server that refuses the `created` filter is listed sequentially without "
+        "a snapshot whatever this says, and the result records it.",
     )
     fan_out_after_seconds: float = Field(
         default=DEFAULT_FAN_OUT_AFTER_SECONDS,
@@ -451,13 +453,13 @@ def _sync_pages(
             client, contacts, target, seen, created_lte, cursor, outcome, settings
         )
     # Listing starts at once: pages arrive while existing contacts get their email keys.
-    with CustomerBatches(
+    with customer_batches(
         client,
         created_lte=created_lte,
         starting_after=cursor,
         max_customers=limit - outcome.customers_fetched,
         settings=settings,
-    ) as batches:
+    ) as listing:
         if checkpoint is None:
             outcome.add_backfill(backfill_email_keys(contacts, target))
             if outcome.email_keys_backfilled or outcome.email_key_conflicts:
@@ -466,7 +468,9 @@ def _sync_pages(
                     f"email key ({outcome.email_key_conflicts} share an email with another "
                     "contact)"
                 )
-        for batch in batches:
+        for batch in listing:
+            # A checkpoint without the snapshot makes a resumed attempt list without it too.
+            outcome.created_filter_refused |= not listing.snapshot
             outcome.add_page(
                 len(batch.customers), upsert_customers(contacts, batch.customers, target, seen)
             )
@@ -474,7 +478,12 @@ def _sync_pages(
             finished = not batch.has_more or outcome.customers_fetched >= limit
             outcome.limit_reached = batch.has_more and finished
             _save_checkpoint(
-                context, db, request.id, outcome, created_lte, None if finished else batch.cursor
+                context,
+                db,
+                request.id,
+                outcome,
+                created_lte if listing.snapshot else None,
+                None if finished else batch.cursor,
             )
             watch.raise_if_stopped()
             pages_before = outcome.pages_fetched - batch.pages
@@ -486,6 +495,11 @@ def _sync_pages(
                     f"far, {outcome.records_added} added, {outcome.records_updated} updated, "
                     f"{outcome.import_errors_count} errors"
                 )
+    if outcome.created_filter_refused:
+        context.log.warning(
+            f"Stripe refused the `created` filter: {LISTING_WITHOUT_SNAPSHOT}; customers "
+            "created during the import may or may not be included"
+        )
     if outcome.limit_reached:
         context.log.warning(
             f"Stopped at the limit of {limit} customers; the account has more customers in Stripe"
@@ -505,16 +519,16 @@ def _recall_written_pages(
     """Re-read (without writing) the customers an earlier attempt wrote, down to its cursor, so a
     resumed attempt still reports a later customer with an already-imported email as a
     duplicate."""
-    batches = iter_customer_batches(
+    with customer_batches(
         client, created_lte=created_lte, max_customers=outcome.customers_fetched, settings=settings
-    )
-    for batch in batches:
-        written = batch.customers
-        if cursor in (ids := [customer["id"] for customer in written]):
-            written = written[: ids.index(cursor) + 1]
-        recall_page(contacts, written, target, seen)
-        if len(written) < len(batch.customers):
-            return
+    ) as listing:
+        for batch in listing:
+            written = batch.customers
+            if cursor in (ids := [customer["id"] for customer in written]):
+                written = written[: ids.index(cursor) + 1]
+            recall_page(contacts, written, target, seen)
+            if len(written) < len(batch.customers):
+                return
 
 
 def _save_checkpoint(
