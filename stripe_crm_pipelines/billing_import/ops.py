@@ -469,7 +469,6 @@ def _sync_pages(
                     "contact)"
                 )
         for batch in listing:
-            # A checkpoint without the snapshot makes a resumed attempt list without it too.
             outcome.created_filter_refused |= not listing.snapshot
             outcome.add_page(
                 len(batch.customers), upsert_customers(contacts, batch.customers, target, seen)
@@ -477,6 +476,7 @@ def _sync_pages(
             outcome.pages_fetched += batch.pages - 1  # add_page counts one; a batch may span more
             finished = not batch.has_more or outcome.customers_fetched >= limit
             outcome.limit_reached = batch.has_more and finished
+            # A checkpoint without the snapshot makes a resumed attempt list without it too.
             _save_checkpoint(
                 context,
                 db,
