@@ -13,6 +13,7 @@ import requests
 import stripe
 
 from stripe_crm_pipelines.sandbox import SandboxControl, SandboxServer, SandboxState
+from stripe_crm_pipelines.sandbox.__main__ import parse_args
 from stripe_crm_pipelines.sandbox.wire import parse_form
 from tests.sandbox_plugin import SANDBOX_API_KEY, StripeClientFactory
 
@@ -92,6 +93,21 @@ def test_created_filters(
     assert created_values({"gte": 200, "lt": 500}) == [400, 300, 200]
     assert created_values({"gt": 200, "lte": 500}) == [500, 400, 300]
     assert created_values(300) == [300]
+
+
+def test_the_sandbox_can_refuse_created_filters_like_servers_without_them(
+    stripe_sandbox: SandboxServer, stripe_client_factory: StripeClientFactory
+) -> None:
+    stripe_sandbox.state.add_customer(ACCOUNT, created=100)
+    client = stripe_client_factory(ACCOUNT)
+    SandboxControl(stripe_sandbox.url).configure(reject_created=True)
+
+    with pytest.raises(stripe.InvalidRequestError, match="Unexpected created") as refused:
+        client.v1.customers.list(params={"created": {"lte": 200}})
+
+    assert refused.value.http_status == 400
+    assert [c.created for c in client.v1.customers.list().data] == [100]
+    assert parse_args(["--reject-created"]).reject_created
 
 
 def test_list_by_email_is_exact_and_case_sensitive(

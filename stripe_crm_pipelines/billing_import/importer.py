@@ -1,7 +1,7 @@
 """The billing contact import as plain functions: claim a request, then import its customers.
 
 :func:`claim_import` claims the request (``queue``) and checks it can run. :func:`run_import`
-does the work: it lists the connected account's Stripe customers (``fetch``) and, batch by
+does the work: it lists the connected account's Stripe customers (``batches``) and, batch by
 batch, maps, matches and writes them (``upsert``), then checkpoints the counts and cursor on the
 request. A retried or re-queued import resumes after its checkpoint, first re-reading (without
 writing) what was already written so a later customer with an imported email still counts as a
@@ -38,15 +38,14 @@ from pymongo.errors import PyMongoError
 
 from stripe_crm_pipelines import store
 from stripe_crm_pipelines.billing_import import queue
-from stripe_crm_pipelines.billing_import.fetch import (
-    CustomerBatches,
+from stripe_crm_pipelines.billing_import.batches import (
     FetchSettings,
-    iter_customer_batches,
+    customer_batches,
 )
 from stripe_crm_pipelines.billing_import.queue import Checkpoint, ClaimLost, ClaimState
 from stripe_crm_pipelines.billing_import.rate_limit import bucket_for_key
 from stripe_crm_pipelines.billing_import.requests import ImportRequest
-from stripe_crm_pipelines.billing_import.results import ImportOutcome
+from stripe_crm_pipelines.billing_import.results import LISTING_WITHOUT_SNAPSHOT, ImportOutcome
 from stripe_crm_pipelines.billing_import.upsert import (
     SeenCustomers,
     UpsertTarget,
@@ -338,13 +337,13 @@ def _sync_batches(
             return
         _recall_written(client, contacts, target, seen, created_lte, cursor, outcome, settings)
     # Listing starts at once: pages arrive while existing contacts get their email keys.
-    with CustomerBatches(
+    with customer_batches(
         client,
         created_lte=created_lte,
         starting_after=cursor,
         max_customers=limit - outcome.customers_fetched,
         settings=settings,
-    ) as batches:
+    ) as listing:
         if checkpoint is None:
             outcome.add_backfill(backfill_email_keys(contacts, target))
             if outcome.email_keys_backfilled or outcome.email_key_conflicts:
@@ -353,7 +352,8 @@ def _sync_batches(
                     f"email key ({outcome.email_key_conflicts} share an email with another "
                     "contact)"
                 )
-        for batch in batches:
+        for batch in listing:
+            outcome.created_filter_refused |= not listing.snapshot
             pages_before = outcome.pages_fetched
             outcome.add_batch(
                 batch.pages,
@@ -367,7 +367,8 @@ def _sync_batches(
                 claim.request.id,
                 Checkpoint(
                     run_id=claim.run_id,
-                    created_lte=created_lte,
+                    # Without the snapshot, a resumed attempt lists without it too.
+                    created_lte=created_lte if listing.snapshot else None,
                     cursor=None if finished else batch.cursor,
                     outcome=outcome,
                 ),
@@ -381,6 +382,11 @@ def _sync_batches(
                     f"far, {outcome.records_added} added, {outcome.records_updated} updated, "
                     f"{outcome.import_errors_count} errors"
                 )
+    if outcome.created_filter_refused:
+        log.warning(
+            f"Stripe refused the `created` filter: {LISTING_WITHOUT_SNAPSHOT}; customers "
+            "created during the import may or may not be included"
+        )
     if outcome.limit_reached:
         log.warning(
             f"Stopped at the limit of {limit} customers; the account has more customers in Stripe"
@@ -392,7 +398,7 @@ def _recall_written(
     contacts,
     target: UpsertTarget,
     seen: SeenCustomers,
-    created_lte: int,
+    created_lte: int | None,
     cursor: str,
     outcome: ImportOutcome,
     settings: FetchSettings,
@@ -400,16 +406,16 @@ def _recall_written(
     """Re-read (without writing) the customers an earlier attempt wrote, down to its cursor, so a
     resumed attempt still reports a later customer with an already-imported email as a
     duplicate."""
-    batches = iter_customer_batches(
+    with customer_batches(
         client, created_lte=created_lte, max_customers=outcome.customers_fetched, settings=settings
-    )
-    for batch in batches:
-        written = batch.customers
-        if cursor in (ids := [customer["id"] for customer in written]):
-            written = written[: ids.index(cursor) + 1]
-        recall_page(contacts, written, target, seen)
-        if len(written) < len(batch.customers):
-            return
+    ) as listing:
+        for batch in listing:
+            written = batch.customers
+            if cursor in (ids := [customer["id"] for customer in written]):
+                written = written[: ids.index(cursor) + 1]
+            recall_page(contacts, written, target, seen)
+            if len(written) < len(batch.customers):
+                return
 
 
 def _fail(

@@ -12,7 +12,7 @@ from typing import Any
 from bson import ObjectId
 from dagster import AssetMaterialization, MetadataValue, TableColumn, TableRecord, TableSchema
 
-from stripe_crm_pipelines.billing_import.results import ImportOutcome
+from stripe_crm_pipelines.billing_import.results import LISTING_WITHOUT_SNAPSHOT, ImportOutcome
 
 METADATA_ERROR_ROWS = 20
 
@@ -34,6 +34,8 @@ def run_metadata(outcome: ImportOutcome) -> dict[str, Any]:
         "stripe_throttled": MetadataValue.int(outcome.stripe_throttled),
         "duration_seconds": MetadataValue.float(outcome.duration_seconds),
     }
+    if outcome.created_filter_refused:
+        metadata["listing"] = MetadataValue.text(LISTING_WITHOUT_SNAPSHOT)
     if outcome.max_customers is not None:
         metadata["max_customers"] = MetadataValue.int(outcome.max_customers)
     if outcome.importerrors:

@@ -28,7 +28,7 @@ from dagster import (
 from pydantic import Field
 
 from stripe_crm_pipelines.billing_import import importer, queue
-from stripe_crm_pipelines.billing_import.fetch import (
+from stripe_crm_pipelines.billing_import.batches import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CONCURRENCY,
     DEFAULT_FAN_OUT_AFTER_SECONDS,
@@ -89,7 +89,9 @@ class SyncCustomersConfig(Config):
         description="At most this many windows of `created` seconds listed at once after the "
         "walk fans out; it keeps as many going as the key's rate limit can serve at the pace "
         "of its pages (6 at 25 requests/s and 200 ms pages). 1 walks the customer list "
-        "sequentially, for servers without `created` filters.",
+        "sequentially, still under the snapshot `created[lte]` (the second the import "
+        "started). A server that refuses the `created` filter is listed sequentially without "
+        "a snapshot whatever this says, and the result records it.",
     )
     fan_out_after_seconds: float = Field(
         default=DEFAULT_FAN_OUT_AFTER_SECONDS,

@@ -89,8 +89,9 @@ class Checkpoint:
 
     run_id: str
     """The run that saved it."""
-    created_lte: int
-    """The listing's snapshot: customers created up to this second."""
+    created_lte: int | None
+    """The listing's snapshot: customers created up to this second. None: the server refused
+    the ``created`` filter, so the listing goes on without a snapshot."""
     cursor: str | None
     """The last customer written; the listing resumes after it. None: nothing left to list."""
     outcome: ImportOutcome
@@ -112,7 +113,7 @@ class Checkpoint:
         if not isinstance(document, Mapping) or not isinstance(document.get("outcome"), Mapping):
             return None
         created_lte, cursor = document.get("created_lte"), document.get("cursor")
-        if not isinstance(created_lte, int) or not isinstance(cursor, str | None):
+        if not isinstance(created_lte, int | None) or not isinstance(cursor, str | None):
             return None
         return cls(
             run_id=str(document.get("run_id")),

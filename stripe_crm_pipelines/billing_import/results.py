@@ -32,6 +32,8 @@ RESULT_NAME = "stripe"
 RESULT_STATUSES = ("completed", "failed", "cancelled")
 MAX_LISTED = 1000
 """Error and duplicate rows kept in the result document; the counts stay exact beyond it."""
+LISTING_WITHOUT_SNAPSHOT = "sequential, no snapshot (server refused created)"
+"""How the run page describes a listing the server would not filter by ``created``."""
 
 
 @dataclass
@@ -54,6 +56,9 @@ class ImportOutcome:
     email_keys_backfilled: int = 0
     email_key_conflicts: int = 0
     limit_reached: bool = False
+    created_filter_refused: bool = False
+    """The server refused the ``created`` filter: the customers were listed sequentially without
+    a snapshot, so customers created during the import may or may not be included."""
     stripe_requests: int = 0
     stripe_retries: int = 0
     stripe_throttled: int = 0
@@ -142,6 +147,7 @@ def result_document(
         "email_key_conflicts": outcome.email_key_conflicts,
         "max_customers": outcome.max_customers,
         "limit_reached": outcome.limit_reached,
+        "created_filter_refused": outcome.created_filter_refused,
         "stripe_requests": outcome.stripe_requests,
         "stripe_retries": outcome.stripe_retries,
         "stripe_throttled": outcome.stripe_throttled,

@@ -16,7 +16,8 @@ control API (JSON, no key needed):
   GET    /_sandbox/settings            current settings
   POST   /_sandbox/settings            {"latency_ms": 50, "rate_limit": 25,
                                         "endpoint_latency_ms": {"GET /v1/customers": 200},
-                                        "search_index_delay": 5, ...}
+                                        "search_index_delay": 5,
+                                        "reject_created": true, ...}
   POST   /_sandbox/faults              {"endpoint": "GET /v1/customers", "status": 500,
                                         "count": 2} | {"kind": "reset"} |
                                        {"kind": "timeout", "delay": 30} |
@@ -108,6 +109,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--allow-live", action="store_true", help="also accept sk_live_/rk_live_ keys"
     )
+    parser.add_argument(
+        "--reject-created",
+        action="store_true",
+        help='answer list calls that filter by `created` with HTTP 400 "Unexpected created", '
+        "like servers without the filter (localstripe)",
+    )
     parser.add_argument("--verbose", action="store_true", help="print an access log to stderr")
     args = parser.parse_args(argv)
     if args.account is not None and not args.account.startswith("acct_"):
@@ -131,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             search_index_delay=args.search_index_delay,
             api_keys=args.api_keys,
             allow_live=args.allow_live,
+            reject_created=args.reject_created,
         )
     except (OSError, ValueError) as error:
         print(f"Stripe sandbox cannot start on {args.host}:{args.port}: {error}", file=sys.stderr)

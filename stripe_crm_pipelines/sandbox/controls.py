@@ -46,6 +46,8 @@ class SandboxSettings:
     - ``allow_live``: also accept ``sk_live_``/``rk_live_`` keys.
     - ``api_keys``: if set, only these keys are accepted.
     - ``fault_seed``: seed of the random draws of probabilistic faults.
+    - ``reject_created``: refuse the ``created`` filter of list calls with HTTP 400
+      "Unexpected created", as servers without it do (localstripe).
     """
 
     latency_ms: float = 0.0
@@ -56,6 +58,7 @@ class SandboxSettings:
     allow_live: bool = False
     api_keys: frozenset[str] | None = None
     fault_seed: int = 0
+    reject_created: bool = False
 
     def replace(self, **changes: Any) -> SandboxSettings:
         """A copy with ``changes`` applied; unknown names or bad values raise ``ValueError``."""

@@ -245,6 +245,8 @@ class SandboxState:
                     self._sleep(fault.delay)
                 raise fault.error()
         params = {**entry["query"], **entry["form"]}
+        if settings.reject_created and request.method == "GET" and "created" in params:
+            raise invalid("Unexpected created")
         idempotency_key = entry["idempotency_key"] if request.method == "POST" else None
         context = RequestContext(
             account,

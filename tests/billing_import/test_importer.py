@@ -11,7 +11,7 @@ import pytest
 
 from stripe_crm_pipelines import store
 from stripe_crm_pipelines.billing_import import importer, queue
-from stripe_crm_pipelines.billing_import.fetch import FetchSettings
+from stripe_crm_pipelines.billing_import.batches import FetchSettings
 from stripe_crm_pipelines.billing_import.importer import (
     ClaimedImport,
     ImportCancelled,

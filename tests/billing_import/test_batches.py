@@ -1,85 +1,41 @@
-"""Listing customers (fetch.py): sequential and windowed walks against the Stripe sandbox."""
+"""Customers in write batches (batches.py), and the import over them, against the Stripe sandbox
+and, where it is installed, localstripe."""
 
 from __future__ import annotations
 
-import threading
+import importlib.util
+import socket
+import subprocess
+import sys
 import time
-from collections import Counter
 
 import pytest
 import stripe
 from dagster import DagsterEventType
 
 from stripe_crm_pipelines import store
-from stripe_crm_pipelines.billing_import.fetch import (
-    CustomerWalk,
-    FetchSettings,
-    iter_customer_batches,
-)
+from stripe_crm_pipelines.billing_import.batches import FetchSettings, customer_batches
 from stripe_crm_pipelines.billing_import.job import billing_contact_import
+from stripe_crm_pipelines.billing_import.results import LISTING_WITHOUT_SNAPSHOT
 from stripe_crm_pipelines.resources import MongoResource, StripeResource
+from tests.billing_import.conftest import (
+    SNAPSHOT,
+    add_customers_sharing_seconds,
+    list_batches,
+    listed_ids,
+    listing_requests,
+    most_requests_at_once,
+)
 from tests.conftest import (
     CONNECTED_ACCOUNT,
     SECRET_KEY,
     add_account,
     add_request,
     import_result,
+    op_metadata,
 )
 
-SNAPSHOT = 1_750_000_000
 WINDOWED = FetchSettings(concurrency=4, fan_out_after_seconds=0, window_pages=2, batch_size=250)
-
-
-def client_for(sandbox, **kwargs) -> stripe.StripeClient:
-    resource = StripeResource(api_base=sandbox.url, initial_retry_delay_seconds=0.01, **kwargs)
-    return resource.client(SECRET_KEY, CONNECTED_ACCOUNT)
-
-
-def add_customers_sharing_seconds(sandbox, count: int, per_second: int) -> list[str]:
-    """``count`` customers, ``per_second`` of them created in each second; newest first."""
-    for index in range(count):
-        sandbox.state.add_customer(
-            CONNECTED_ACCOUNT,
-            id=f"cus_shared{index:05d}",
-            email=f"c{index}@example.com",
-            created=SNAPSHOT - 10_000 + index // per_second,
-        )
-    return [customer["id"] for customer in sandbox.state.customers(CONNECTED_ACCOUNT)]
-
-
-def newest_first_created(sandbox) -> list[int]:
-    return [customer["created"] for customer in sandbox.state.customers(CONNECTED_ACCOUNT)]
-
-
-def list_batches(sandbox, settings: FetchSettings | None = None, **options) -> list:
-    """Every batch of a walk of the sandbox's connected account, up to the snapshot."""
-    return list(
-        iter_customer_batches(
-            client_for(sandbox), created_lte=SNAPSHOT, settings=settings, **options
-        )
-    )
-
-
-def listed_ids(batches) -> list[str]:
-    return [customer["id"] for batch in batches for customer in batch.customers]
-
-
-def listing_requests(sandbox) -> list[dict]:
-    return sandbox.state.requests(path="/v1/customers", method="GET")
-
-
-def most_requests_at_once(sandbox) -> int:
-    """The most listing requests the sandbox was answering at the same moment."""
-    events = sorted(
-        (entry["time"] + (entry["duration_ms"] / 1000 if end else 0), -1 if end else 1)
-        for entry in listing_requests(sandbox)
-        for end in (False, True)
-    )
-    most = current = 0
-    for _, change in events:
-        current += change
-        most = max(most, current)
-    return most
 
 
 @pytest.mark.parametrize("max_buffered_pages", [None, 1])
@@ -107,105 +63,6 @@ def test_windows_list_every_customer_exactly_once_in_list_order(stripe_sandbox, 
     }
     assert len(windows) > 4, "the walk fanned out into windows"
     assert all(int(entry["query"]["created"]["lte"]) <= SNAPSHOT for entry in requests)
-
-
-def test_a_second_shared_by_many_customers_is_never_split_between_windows(stripe_sandbox):
-    # 700 customers in three seconds: every page after the first ends inside a crowded second.
-    newest_first = add_customers_sharing_seconds(stripe_sandbox, 700, per_second=250)
-
-    ids = listed_ids(list_batches(stripe_sandbox, WINDOWED))
-
-    assert ids == newest_first
-    assert not [id_ for id_, seen in Counter(ids).items() if seen > 1]
-
-
-def test_customers_created_while_the_walk_runs_are_left_for_the_next_import(stripe_sandbox):
-    newest_first = add_customers_sharing_seconds(stripe_sandbox, 1200, per_second=3)
-    stripe_sandbox.state.configure(latency_ms=5)
-    stop = threading.Event()
-    created: list[str] = []
-
-    def keep_creating() -> None:
-        while not stop.is_set():
-            customer_id = f"cus_during{len(created):04d}"
-            stripe_sandbox.state.add_customer(
-                CONNECTED_ACCOUNT,
-                id=customer_id,
-                email=f"new{len(created)}@example.com",
-                created=SNAPSHOT + 1 + len(created) % 3,
-            )
-            created.append(customer_id)
-            time.sleep(0.002)
-
-    creator = threading.Thread(target=keep_creating)
-    creator.start()
-    try:
-        ids = listed_ids(list_batches(stripe_sandbox, WINDOWED))
-    finally:
-        stop.set()
-        creator.join()
-
-    assert created, "customers were created during the walk"
-    assert ids == newest_first
-    assert len(set(ids)) == len(ids)
-
-
-def test_sequential_mode_walks_one_cursor_without_created_windows(stripe_sandbox):
-    newest_first = add_customers_sharing_seconds(stripe_sandbox, 450, per_second=2)
-    settings = FetchSettings(concurrency=1, fan_out_after_seconds=0)
-
-    batches = list_batches(stripe_sandbox, settings)
-
-    assert listed_ids(batches) == newest_first
-    assert [len(batch.customers) for batch in batches] == [100, 100, 100, 100, 50]
-    requests = listing_requests(stripe_sandbox)
-    assert [entry["query"].get("starting_after") for entry in requests] == [
-        None,
-        *newest_first[99:400:100],
-    ]
-    assert all(entry["query"]["created"] == {"lte": str(SNAPSHOT)} for entry in requests)
-
-
-def test_a_small_account_stays_sequential_until_the_walk_has_taken_a_while(stripe_sandbox):
-    add_customers_sharing_seconds(stripe_sandbox, 450, per_second=2)
-
-    list_batches(stripe_sandbox)
-
-    requests = listing_requests(stripe_sandbox)
-    assert len(requests) == 5
-    assert all("gte" not in entry["query"]["created"] for entry in requests)
-
-
-def test_the_first_windows_grow_so_the_newest_are_done_first(stripe_sandbox):
-    # One customer a second: the first page spans 99 seconds.
-    newest_first = add_customers_sharing_seconds(stripe_sandbox, 2500, per_second=1)
-    stripe_sandbox.state.configure(latency_ms=30)  # the other workers are idle by the first page
-    settings = FetchSettings(concurrency=4, fan_out_after_seconds=0, window_pages=10)
-
-    batches = list_batches(stripe_sandbox, settings)
-
-    assert listed_ids(batches) == newest_first
-    # The first page's owner keeps 2 pages (198 seconds); the idle workers' windows follow it
-    # with 4, 6, 8 pages (the last one open-ended), instead of 10 pages each.
-    requests = [entry["query"] for entry in listing_requests(stripe_sandbox)]
-    owner_lo = min(
-        int(query["created"]["gte"])
-        for query in requests
-        if "starting_after" in query and int(query["created"]["lte"]) == SNAPSHOT
-    )
-    assert owner_lo == int(newest_first_created(stripe_sandbox)[99]) - 2 * 99 + 1
-    opened = {  # each window's first request, before any steal narrowed it
-        int(query["created"]["lte"]): query["created"].get("gte")
-        for query in reversed(requests)
-        if "starting_after" not in query
-    }
-    hi, checked = owner_lo - 1, 0
-    for pages in (4, 6):
-        if opened[hi] is None:  # the last window of the cut is open-ended
-            break
-        assert hi - int(opened[hi]) + 1 == pages * 99
-        hi, checked = int(opened[hi]) - 1, checked + 1
-    assert checked, "the first cut made at least one bounded window"
 
 
 @pytest.mark.parametrize("min_batch_size", [None, 1000])
@@ -240,39 +97,6 @@ def test_min_batch_size_must_fit_the_batch():
     assert FetchSettings(batch_size=1000).early_batch_size == 500
 
 
-@pytest.mark.parametrize(
-    ("requests_per_second", "expected_at_once"),
-    [(20, 3), (None, 6)],
-    ids=["rate-limited", "no rate given"],
-)
-def test_the_walk_keeps_as_many_windows_going_as_the_rate_can_serve(
-    stripe_sandbox, requests_per_second, expected_at_once
-):
-    newest_first = add_customers_sharing_seconds(stripe_sandbox, 4000, per_second=2)
-    stripe_sandbox.state.configure(latency_ms=100)
-    settings = FetchSettings(
-        concurrency=6,
-        requests_per_second=requests_per_second,
-        fan_out_after_seconds=0,
-        window_pages=3,
-    )
-
-    batches = list_batches(stripe_sandbox, settings)
-
-    assert listed_ids(batches) == newest_first
-    # 20 requests/s of 100 ms pages: 2 in flight use the rate, plus one between pages.
-    assert most_requests_at_once(stripe_sandbox) == expected_at_once
-
-
-def test_windowed_walk_resumes_after_a_cursor(stripe_sandbox):
-    newest_first = add_customers_sharing_seconds(stripe_sandbox, 900, per_second=5)
-    cursor = newest_first[333]
-
-    batches = list_batches(stripe_sandbox, WINDOWED, starting_after=cursor)
-
-    assert listed_ids(batches) == newest_first[334:]
-
-
 def test_windowed_walk_keeps_the_newest_customers_up_to_the_limit(stripe_sandbox):
     newest_first = add_customers_sharing_seconds(stripe_sandbox, 900, per_second=5)
 
@@ -296,24 +120,15 @@ def test_a_failing_window_stops_the_walk_after_what_came_before(stripe_sandbox):
     client = StripeResource(api_base=stripe_sandbox.url, max_retries=0).client(
         SECRET_KEY, CONNECTED_ACCOUNT, before_request=inject
     )
-    with pytest.raises(stripe.InvalidRequestError):
-        for batch in iter_customer_batches(client, created_lte=SNAPSHOT, settings=WINDOWED):
+    with (
+        pytest.raises(stripe.InvalidRequestError),
+        customer_batches(client, created_lte=SNAPSHOT, settings=WINDOWED) as listing,
+    ):
+        for batch in listing:
             listed.extend(customer["id"] for customer in batch.customers)
 
     assert listed == newest_first[: len(listed)], "what came before the error, in order"
     assert listed, "customers fetched before the failure were handed over"
-
-
-def test_the_walk_stops_its_workers_when_the_consumer_stops(stripe_sandbox):
-    add_customers_sharing_seconds(stripe_sandbox, 2000, per_second=5)
-    walk = CustomerWalk(client_for(stripe_sandbox), created_lte=SNAPSHOT, settings=WINDOWED)
-    with walk:
-        next(walk.pages())
-    requests_after_stop = len(listing_requests(stripe_sandbox))
-    time.sleep(0.2)
-
-    assert len(listing_requests(stripe_sandbox)) == requests_after_stop
-    assert requests_after_stop < 20
 
 
 # --- the job with windows ------------------------------------------------------------------------
@@ -482,3 +297,113 @@ def test_a_windowed_import_resumes_from_its_checkpoint(db, mongo_uri, stripe_san
         assert resumed[key] == clean[key], key
     assert resumed["records_updated"] == 0, "nothing written twice"
     assert contact_values(db) == contact_values(clean_db)
+
+
+# --- servers without the created filter ------------------------------------------------------
+
+
+def test_an_import_from_a_server_refusing_created_completes_without_a_snapshot(
+    db, mongo_uri, stripe_sandbox, instance
+):
+    stripe_sandbox.state.seed_customers(450, seed=24, account=CONNECTED_ACCOUNT)
+    stripe_sandbox.state.configure(reject_created=True)
+    import_id = add_request(db, add_account(db))
+
+    run = run_windowed_import(mongo_uri, stripe_sandbox, import_id, instance)
+
+    assert run.success
+    document = import_result(db, import_id)
+    assert document["customers_fetched"] == 450
+    assert document["created_filter_refused"] is True
+    assert db[store.CONTACTS].count_documents({}) == document["records_added"] > 0
+    assert op_metadata(run, "sync_customers")["listing"] == LISTING_WITHOUT_SNAPSHOT
+    requests = listing_requests(stripe_sandbox)
+    assert [entry["status"] for entry in requests] == [400] + [200] * 5
+
+
+def test_an_import_with_the_created_filter_says_it_kept_its_snapshot(
+    db, mongo_uri, stripe_sandbox, instance
+):
+    stripe_sandbox.state.seed_customers(150, seed=25, account=CONNECTED_ACCOUNT)
+    import_id = add_request(db, add_account(db))
+
+    run = run_windowed_import(mongo_uri, stripe_sandbox, import_id, instance)
+
+    assert run.success
+    assert import_result(db, import_id)["created_filter_refused"] is False
+    assert "listing" not in op_metadata(run, "sync_customers")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def localstripe_url():
+    """localstripe, an independent Stripe-compatible server that has no ``created`` filter."""
+    if importlib.util.find_spec("localstripe") is None:
+        pytest.skip("localstripe is not installed (pip install -e '.[test]')")
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "localstripe.server", "--port", str(port), "--from-scratch"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    pytest.fail("localstripe did not start")
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_localstripe_customers_are_listed_without_a_snapshot(localstripe_url):
+    client = StripeResource(api_base=localstripe_url, max_retries=0).client(SECRET_KEY, None)
+    created = {
+        client.customers.create(params={"email": f"ls{index}@example.com"}).id
+        for index in range(130)
+    }
+
+    with customer_batches(
+        client, created_lte=int(time.time()) + 1, max_customers=1000, settings=WINDOWED
+    ) as listing:
+        batches = list(listing)
+        snapshot = listing.snapshot
+
+    assert not snapshot
+    assert set(listed_ids(batches)) == created
+    assert len(listed_ids(batches)) == 130
+    assert not batches[-1].has_more
+
+
+def test_an_import_without_a_snapshot_resumes_without_one(db, mongo_uri, stripe_sandbox, instance):
+    stripe_sandbox.state.seed_customers(450, seed=26, account=CONNECTED_ACCOUNT)
+    stripe_sandbox.state.configure(reject_created=True)
+    import_id = add_request(db, add_account(db))
+    FAIL_AFTER_CHECKPOINT.update(sandbox=stripe_sandbox, db=db, import_id=import_id)
+
+    run = run_windowed_import(
+        mongo_uri,
+        stripe_sandbox,
+        import_id,
+        instance,
+        StripeFailingAfterCheckpoint(api_base=stripe_sandbox.url, max_retries=0),
+    )
+
+    assert run.success
+    assert any(e.event_type == DagsterEventType.STEP_UP_FOR_RETRY for e in run.all_events)
+    document = import_result(db, import_id)
+    assert (document["customers_fetched"], document["records_updated"]) == (450, 0)
+    assert document["created_filter_refused"] is True
+    refused = [e for e in listing_requests(stripe_sandbox) if e["status"] == 400]
+    assert len(refused) == 1, "the resumed attempt lists without created from the start"
