@@ -175,6 +175,10 @@ def claim_import_request(
     context: OpExecutionContext, config: ImportRunConfig, mongo: MongoResource
 ) -> ClaimedImport:
     db = mongo.database()
+    try:
+        store.ensure_contact_indexes(db)
+    except store.MissingIndexesError as error:
+        raise Failure(description=str(error), allow_retries=False) from error
     import_id = ObjectId(config.import_id)
     now = datetime.now(UTC)
     document = db[store.QUEUES].find_one_and_update(
