@@ -119,3 +119,8 @@ def test_an_unknown_environment_is_refused():
 def test_both_environments_have_the_same_resource_keys(environment):
     shown = shown_resources(STRIPE_CRM_ENV=environment, **SECRETS)
     assert set(shown["resources"]) == {"mongo", "stripe", "shortener", "crm_api"}
+
+
+def test_payment_links_run_their_ops_in_the_runs_process():
+    """A subprocess per op cost seconds per link; the ops take well under a second."""
+    assert defs.get_job_def("create_payment_link").executor_def.name == "in_process"
