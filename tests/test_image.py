@@ -24,7 +24,7 @@ LOCAL_TOOLING = (
     "stripe_crm_pipelines/sandbox/",
     "stripe_crm_pipelines/dev.py",
 )
-LOCAL_PACKAGES = ("litemongo", "mongomock", "dagster_webserver")
+LOCAL_PACKAGES = ("litemongo", "mongomock")
 """The ``local`` extra's packages that the image lacks (filelock comes with dagster itself)."""
 
 
@@ -114,7 +114,7 @@ def test_the_image_installs_without_the_local_extra():
     assert "STRIPE_CRM_ENV=production" in DOCKERFILE.read_text()
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     required = " ".join(project["dependencies"])
-    for package in ("litemongo", "mongomock", "filelock", "dagster-webserver"):
+    for package in ("litemongo", "mongomock", "filelock"):
         assert package not in required
         assert any(package in entry for entry in project["optional-dependencies"]["local"])
 

@@ -42,7 +42,7 @@ From Python, in process (resources from ``defs``; pass ``resources=`` to overrid
     )
     link = result.output_for_node("publish_payment_link")  # short_url, hosted_invoice_url, …
 
-From Python, against a running webserver (``dagster-graphql`` comes with ``dagster-webserver``)::
+From Python, against a running webserver (``dagster_graphql`` comes with ``dagster-webserver``)::
 
     from dagster_graphql import DagsterGraphQLClient
 
