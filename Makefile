@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade uv
-	$(VENV)/bin/uv pip install --quiet --python $(PY) -e '.[test]'
+	$(VENV)/bin/uv pip install --quiet --python $(PY) -e '.[local,test]'
 	@touch $(STAMP)
 
 dev: setup

@@ -36,6 +36,7 @@ from pymongo.errors import BulkWriteError
 from pymongo.results import BulkWriteResult
 
 from stripe_crm_pipelines.errors import DUPLICATE_KEY, MONGO_CONNECTION_ERRORS
+from stripe_crm_pipelines.store import WrappedCollection, WrappedDatabase
 
 RETRIED_METHODS = frozenset(
     {
@@ -72,6 +73,10 @@ class MongoRetry:
     """Seconds before the second try; doubles per try, with jitter."""
     max_delay: float = 5.0
 
+    def covers(self, method: str) -> bool:
+        """Whether calls of ``method`` are safe to repeat, so retried."""
+        return method in RETRIED_METHODS
+
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed try number ``attempt`` (1-based): exponential, jittered
         between half and all of it so that writers that failed together retry apart."""
@@ -98,65 +103,22 @@ class MongoRetry:
                 attempt += 1
 
 
-class ResilientDatabase:
-    """A pymongo-style database whose collections retry transient errors (see module doc)."""
+class ResilientCollection(WrappedCollection):
+    """A collection whose idempotent calls retry transient errors (see module doc): the store's
+    :class:`~stripe_crm_pipelines.store.WrappedCollection` under a :class:`MongoRetry`, with
+    ``find`` read in full inside the retry and ``bulk_write`` finishing lost upsert races."""
 
-    def __init__(self, database: Any, retry: MongoRetry | None = None):
-        self._database = database
-        self._retry = retry or MongoRetry()
-
-    @property
-    def unwrapped(self) -> Any:
-        """The database without retries."""
-        return self._database
-
-    def __getitem__(self, name: str) -> ResilientCollection:
-        return ResilientCollection(self._database[name], self._retry)
-
-    def get_collection(self, name: str, **kwargs: Any) -> ResilientCollection:
-        return ResilientCollection(self._database.get_collection(name, **kwargs), self._retry)
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        attribute = getattr(self._database, name)
-        if hasattr(attribute, "find_one_and_update"):
-            return ResilientCollection(attribute, self._retry)
-        return attribute
-
-
-class ResilientCollection:
-    """A collection whose idempotent calls retry transient errors (see module doc)."""
-
-    def __init__(self, collection: Any, retry: MongoRetry):
-        self._collection = collection
-        self._retry = retry
-
-    @property
-    def unwrapped(self) -> Any:
-        """The collection without retries."""
-        return self._collection
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._collection, name)
-        if name not in RETRIED_METHODS:
-            return attribute
-
-        def retried(*args: Any, **kwargs: Any) -> Any:
-            return self._retry.run(self._describe(name), lambda: attribute(*args, **kwargs))
-
-        retried.__name__ = name
-        return retried
+    _policy: MongoRetry
 
     def find(self, *args: Any, **kwargs: Any) -> RetryingCursor:
         return RetryingCursor(
-            self._describe("find"), lambda: self._collection.find(*args, **kwargs), self._retry
+            self._describe("find"), lambda: self._collection.find(*args, **kwargs), self._policy
         )
 
     def bulk_write(self, requests: Sequence[Any], ordered: bool = True, **kwargs: Any) -> Any:
         requests = list(requests)
         try:
-            return self._retry.run(
+            return self._policy.run(
                 self._describe("bulk_write"),
                 lambda: self._collection.bulk_write(requests, ordered=ordered, **kwargs),
             )
@@ -182,7 +144,7 @@ class ResilientCollection:
         )
         retried = [requests[i] for i in lost]
         try:
-            second = self._retry.run(
+            second = self._policy.run(
                 self._describe("bulk_write"),
                 lambda: self._collection.bulk_write(retried, ordered=False, **kwargs),
             ).bulk_api_result
@@ -193,8 +155,14 @@ class ResilientCollection:
             raise BulkWriteError(merged)
         return BulkWriteResult(merged, acknowledged=True)
 
-    def _describe(self, method: str) -> str:
-        return f"{getattr(self._collection, 'name', 'collection')}.{method}"
+
+class ResilientDatabase(WrappedDatabase):
+    """A pymongo-style database whose collections retry transient errors (see module doc)."""
+
+    collection_class = ResilientCollection
+
+    def __init__(self, database: Any, retry: MongoRetry | None = None):
+        super().__init__(database, retry or MongoRetry())
 
 
 def merge_bulk_results(

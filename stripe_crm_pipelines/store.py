@@ -1,32 +1,34 @@
 """Open the CRM's MongoDB, whichever form ``MONGODB_URI`` takes, and keep its indexes.
 
-``connect()`` is the one way the project (and scripts around it) opens the store:
+``connect()`` is the one way scripts open the store; the ``mongo`` resource opens it through
+:func:`open_database` with the URI and database name bound in ``definitions.py``:
 
 * ``mongodb://…`` / ``mongodb+srv://…`` — a real MongoDB through pymongo.
-* ``file:///absolute/dir`` — an embedded, on-disk store (litemongo: mongomock's query engine over
-  one SQLite file per collection) that several processes share. litemongo alone is not atomic
-  across processes (a ``find_one_and_update`` reads and writes in separate SQLite transactions),
-  so every write here runs under one inter-process file lock per store directory. That makes
-  claims, upserts and unique indexes sound across the webserver, the daemon and run workers.
-* ``mongomock://name`` — an in-process store for tests; the same name in the same process opens
-  the same data.
+* ``file:///absolute/dir`` — the embedded, on-disk store of local development, shared by
+  several processes, and ``mongomock://name`` — an in-process store for tests. Both are local
+  tooling (:mod:`stripe_crm_pipelines.local.stores`, the ``local`` extra), imported only when a
+  URI asks for them; the production image holds neither.
 
 Without ``MONGODB_URI`` the embedded store in :data:`DEFAULT_STORE_DIR` is used.
+
+:class:`WrappedDatabase` is the one way the project puts behaviour around store calls: the
+embedded store's write lock and the resource's retries (:mod:`stripe_crm_pipelines.resilience`)
+are both a :class:`CallPolicy` applied to a wrapped database.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-from urllib.parse import unquote, urlparse
+from typing import Any, Protocol, TypeVar
+from urllib.parse import urlparse
 
-import filelock
 import pymongo
 from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.database import Database
+from pymongo.errors import OperationFailure
 
 QUEUES = "queues"
 STRIPE_KEYS = "stripe_key"
@@ -41,27 +43,19 @@ DEFAULT_STORE_DIR = (
     / "stripe-crm-pipelines"
     / "store"
 )
+LOCAL_SCHEMES = ("file", "mongomock")
+"""URI schemes served by the local tooling's back-ends."""
 
-_WRITE_METHODS = frozenset(
-    {
-        "insert_one",
-        "insert_many",
-        "update_one",
-        "update_many",
-        "replace_one",
-        "delete_one",
-        "delete_many",
-        "find_one_and_update",
-        "find_one_and_replace",
-        "find_one_and_delete",
-        "bulk_write",
-        "create_index",
-        "create_indexes",
-        "drop_index",
-        "drop_indexes",
-        "drop",
-    }
+ENSURE_INDEXES_COMMAND = (
+    'python -c "from stripe_crm_pipelines.store import connect, ensure_indexes; '
+    'ensure_indexes(connect())"'
 )
+"""Creates the store's indexes with the ``MONGODB_URI`` of the shell that runs it."""
+
+UNIQUE_CONTACT_INDEXES = ("by_stripe_customer", "by_email_key")
+"""The contact indexes that keep one contact per Stripe id and per email on MongoDB."""
+
+T = TypeVar("T")
 
 _clients: dict[str, Any] = {}
 _clients_lock = threading.Lock()
@@ -71,12 +65,17 @@ class StoreConfigError(ValueError):
     """``MONGODB_URI`` names a store this project cannot open."""
 
 
+class MissingIndexesError(RuntimeError):
+    """The store lacks the unique contact indexes and this process may not create them."""
+
+
 def resolve_uri(uri: str | None = None) -> str:
     """The store URI to use: ``uri``, else ``MONGODB_URI``, else the default embedded store."""
     return uri or os.environ.get("MONGODB_URI") or DEFAULT_STORE_DIR.as_uri()
 
 
 def database_name() -> str:
+    """The database scripts open: ``MONGODB_DATABASE``, else ``crm``."""
     return os.environ.get("MONGODB_DATABASE") or DEFAULT_DATABASE
 
 
@@ -86,107 +85,126 @@ def connect(uri: str | None = None):
     The database is the one named by ``MONGODB_DATABASE`` (default ``crm``). The result speaks
     pymongo's ``Database`` API for all three URI forms.
     """
-    resolved = resolve_uri(uri)
-    scheme = urlparse(resolved).scheme
-    name = database_name()
-    if scheme in ("mongodb", "mongodb+srv"):
-        return _client(resolved, lambda: pymongo.MongoClient(resolved, tz_aware=True))[name]
-    if scheme == "mongomock":
-        import mongomock
+    return open_database(resolve_uri(uri), database_name())
 
-        return _client(resolved, lambda: mongomock.MongoClient(tz_aware=True))[name]
-    if scheme == "file":
-        parsed = urlparse(resolved)
-        directory = Path(unquote(parsed.path))
-        if parsed.netloc or not directory.is_absolute():
-            raise StoreConfigError(f"MONGODB_URI file:// path must be absolute, got {resolved!r}")
-        return LockedDatabase(_embedded_database(directory, name), _store_lock(directory))
+
+def open_database(uri: str, name: str = DEFAULT_DATABASE):
+    """Database ``name`` of the store at ``uri``; reads no environment variable."""
+    scheme = urlparse(uri).scheme
+    if scheme in ("mongodb", "mongodb+srv"):
+        return shared_client(uri, lambda: pymongo.MongoClient(uri, tz_aware=True))[name]
+    if scheme in LOCAL_SCHEMES:
+        try:
+            from stripe_crm_pipelines.local import stores
+        except ImportError as error:
+            raise StoreConfigError(
+                f"MONGODB_URI {scheme}:// stores are local tooling, missing here ({error}); "
+                "install the project with its 'local' extra, or use mongodb://"
+            ) from error
+        return stores.open_local_database(uri, name)
     raise StoreConfigError(
         f"MONGODB_URI scheme {scheme!r} is not supported; use mongodb://, mongodb+srv://, "
         "file:///absolute/dir or mongomock://"
     )
 
 
-def _client(key: str, factory):
+def shared_client(key: str, factory: Callable[[], Any]) -> Any:
+    """The client cached under ``key`` in this process, made by ``factory`` the first time."""
     with _clients_lock:
         if key not in _clients:
             _clients[key] = factory()
         return _clients[key]
 
 
-def _embedded_database(directory: Path, name: str):
-    import litemongo
+class CallPolicy(Protocol):
+    """What a :class:`WrappedCollection` does around the calls of the methods it covers."""
 
-    directory.mkdir(parents=True, exist_ok=True)
-    # litemongo's SQLite connections belong to the thread that opened them.
-    key = f"file://{directory}#{threading.get_ident()}"
-    client = _client(key, lambda: litemongo.connect(str(directory), tz_aware=True))
-    return client[name]
+    def covers(self, method: str) -> bool:
+        """Whether calls of collection method ``method`` go through :meth:`run`."""
+        ...
 
-
-@functools.cache
-def _store_lock(directory: Path) -> filelock.FileLock:
-    # Thread-local contexts: each thread takes the OS lock itself, so threads exclude each other
-    # as processes do.
-    return filelock.FileLock(str(directory / ".write.lock"))
+    def run(self, operation: str, function: Callable[[], T]) -> T:
+        """Call ``function`` (the collection call ``operation``, e.g. ``queues.update_one``)."""
+        ...
 
 
-class LockedCollection:
-    """A collection whose writes hold the store's inter-process lock."""
+class WrappedCollection:
+    """A collection whose calls of the methods ``policy`` covers run through the policy."""
 
-    def __init__(self, collection, lock: filelock.FileLock):
+    def __init__(self, collection: Any, policy: CallPolicy):
         self._collection = collection
-        self._lock = lock
+        self._policy = policy
 
-    def __getattr__(self, name: str):
+    @property
+    def unwrapped(self) -> Any:
+        """The collection without the policy."""
+        return self._collection
+
+    def __getattr__(self, name: str) -> Any:
         attribute = getattr(self._collection, name)
-        if name not in _WRITE_METHODS:
+        if not self._policy.covers(name):
             return attribute
 
-        @functools.wraps(attribute)
-        def locked(*args, **kwargs):
-            with self._lock:
-                return attribute(*args, **kwargs)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            return self._policy.run(self._describe(name), lambda: attribute(*args, **kwargs))
 
-        return locked
+        wrapped.__name__ = name
+        return wrapped
 
-    def __eq__(self, other) -> bool:
-        return isinstance(other, LockedCollection) and self._collection == other._collection
+    def _describe(self, method: str) -> str:
+        return f"{getattr(self._collection, 'name', 'collection')}.{method}"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, WrappedCollection) and self._collection == other._collection
 
     def __hash__(self) -> int:
         return hash(self._collection.full_name)
 
 
-class LockedDatabase:
-    """A database whose collections serialise their writes through one file lock."""
+class WrappedDatabase:
+    """A database whose collections are :class:`WrappedCollection`s under one policy."""
 
-    def __init__(self, database, lock: filelock.FileLock):
+    collection_class: type[WrappedCollection] = WrappedCollection
+
+    def __init__(self, database: Any, policy: CallPolicy):
         self._database = database
-        self._lock = lock
+        self._policy = policy
 
-    def __getitem__(self, name: str) -> LockedCollection:
-        return LockedCollection(self._database[name], self._lock)
+    @property
+    def unwrapped(self) -> Any:
+        """The database without the policy."""
+        return self._database
 
-    def get_collection(self, name: str, **kwargs) -> LockedCollection:
-        return LockedCollection(self._database.get_collection(name, **kwargs), self._lock)
+    def __getitem__(self, name: str) -> WrappedCollection:
+        return self.collection_class(self._database[name], self._policy)
 
-    def __getattr__(self, name: str):
+    def get_collection(self, name: str, **kwargs: Any) -> WrappedCollection:
+        return self.collection_class(self._database.get_collection(name, **kwargs), self._policy)
+
+    def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
         attribute = getattr(self._database, name)
         if hasattr(attribute, "find_one_and_update"):
-            return LockedCollection(attribute, self._lock)
+            return self.collection_class(attribute, self._policy)
         return attribute
 
 
+def unwrap(db: Any) -> Any:
+    """The back-end database under any number of :class:`WrappedDatabase` layers."""
+    while isinstance(db, WrappedDatabase):
+        db = db.unwrapped
+    return db
+
+
 def supports_partial_indexes(db) -> bool:
-    """Whether ``db`` is a real MongoDB, where partial unique indexes are cheap.
+    """Whether ``db`` (wrapped or not) is a real MongoDB, where partial unique indexes are cheap.
 
     mongomock (and so the embedded store) checks a unique index by scanning the whole collection
     on every write, which makes a large import several times slower; there the contact keys are
     indexed without ``unique``.
     """
-    return isinstance(db, Database)
+    return isinstance(unwrap(db), Database)
 
 
 def ensure_indexes(db) -> None:
@@ -246,3 +264,31 @@ def ensure_indexes(db) -> None:
     db[PAYMENT_LINKS].create_indexes(
         [IndexModel([("account_id", ASCENDING), ("contact_id", ASCENDING)], name="by_contact")]
     )
+
+
+def ensure_contact_indexes(db) -> None:
+    """Make sure a real MongoDB has the unique contact indexes before an import writes contacts.
+
+    Without them two imports of one account could each insert the same contact. When they are
+    missing, all indexes are created (:func:`ensure_indexes`); when this process may not create
+    them, :class:`MissingIndexesError` says what to run. The local back-ends keep contacts
+    unique under their write lock instead, so there is nothing to verify there.
+    """
+    if not supports_partial_indexes(db) or _has_unique_contact_indexes(db):
+        return
+    try:
+        ensure_indexes(db)
+    except OperationFailure as error:
+        raise MissingIndexesError(
+            f"the {CONTACTS!r} collection lacks the unique indexes "
+            f"{', '.join(UNIQUE_CONTACT_INDEXES)} and they could not be created "
+            f"(MongoDB error {error.code}: {error.details and error.details.get('errmsg')}). "
+            "With a user that may create indexes, and this deployment's MONGODB_URI and "
+            f"MONGODB_DATABASE, run: {ENSURE_INDEXES_COMMAND} (an index of the same name without "
+            f"'unique' must be dropped first, e.g. db.{CONTACTS}.dropIndex('by_email_key'))"
+        ) from error
+
+
+def _has_unique_contact_indexes(db) -> bool:
+    indexes = db[CONTACTS].index_information()
+    return all(indexes.get(name, {}).get("unique") for name in UNIQUE_CONTACT_INDEXES)

@@ -32,11 +32,11 @@ def test_client_sends_the_connected_account_on_every_call(stripe_sandbox, resour
     assert {entry["stripe_account"] for entry in stripe_sandbox.state.requests()} == {ACCOUNT}
 
 
-def test_api_base_defaults_to_the_environment(monkeypatch):
-    monkeypatch.setenv("STRIPE_API_BASE", "http://127.0.0.1:9/")
-    assert StripeResource().resolved_api_base() == "http://127.0.0.1:9"
-    monkeypatch.delenv("STRIPE_API_BASE")
+def test_api_base_defaults_to_stripe():
     assert StripeResource().resolved_api_base() == "https://api.stripe.com"
+    assert (
+        StripeResource(api_base="http://127.0.0.1:9/").resolved_api_base() == "http://127.0.0.1:9"
+    )
 
 
 def test_429_is_retried_after_retry_after(stripe_sandbox, resource):

@@ -140,7 +140,11 @@ def claim_import(
     ``max_customers`` overrides the request's own limit. Raises
     :class:`~stripe_crm_pipelines.billing_import.queue.NotClaimable` (nothing changed) or
     :class:`ImportFailed` (the request closed ``failed``: invalid, or its account is gone).
+    On a MongoDB without the unique contact indexes that this user may not create, raises
+    :class:`~stripe_crm_pipelines.store.MissingIndexesError` before the claim, naming the
+    command that creates them; the request stays pending.
     """
+    store.ensure_contact_indexes(db)
     try:
         claim = queue.claim(db, import_id, run_id)
     except queue.ClaimRejected as rejected:

@@ -27,6 +27,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from stripe_crm_pipelines import store
 from stripe_crm_pipelines.billing_import import importer, queue
 from stripe_crm_pipelines.billing_import.batches import (
     DEFAULT_BATCH_SIZE,
@@ -140,7 +141,7 @@ def claim_import_request(
             max_customers=config.max_customers,
             log=context.log,
         )
-    except NotClaimable as error:
+    except (NotClaimable, store.MissingIndexesError) as error:
         raise Failure(description=str(error), allow_retries=False) from None
     except ImportFailed as failed:
         raise _closed_failure(failed) from None

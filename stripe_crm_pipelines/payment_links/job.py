@@ -6,6 +6,10 @@ Op graph (each op retried on transient network errors; retries replay idempotent
                                │                                  │                              │
                                └──────────────────────────────────┴──> publish_payment_link <────┘
 
+The four ops run in the run's own process (``in_process_executor``): they take well under a
+second of work, and a subprocess per op (the default executor) would add seconds of Python
+start-up and code loading to each of them.
+
 Launching it. The run config is the config of the first op; nothing in it is secret (the Stripe
 key is read from MongoDB inside the run). Replace the ids and the date:
 
@@ -38,7 +42,7 @@ From Python, in process (resources from ``defs``; pass ``resources=`` to overrid
     )
     link = result.output_for_node("publish_payment_link")  # short_url, hosted_invoice_url, …
 
-From Python, against a running webserver::
+From Python, against a running webserver (``dagster_graphql`` comes with ``dagster-webserver``)::
 
     from dagster_graphql import DagsterGraphQLClient
 
@@ -68,7 +72,7 @@ The run page shows the invoice id and number, amount due, currency, hosted URL a
 metadata of ``publish_payment_link``; the link is also saved in the ``payment_links`` collection.
 """
 
-from dagster import job
+from dagster import in_process_executor, job
 
 from stripe_crm_pipelines.payment_links.ops import (
     create_finalized_invoice,
@@ -82,6 +86,7 @@ from stripe_crm_pipelines.payment_links.ops import (
     description="Turn a CRM contact plus line items into a finalised Stripe-hosted invoice and "
     "its (shortened) payment link.",
     tags={"capability": "payment_links"},
+    executor_def=in_process_executor,
 )
 def create_payment_link():
     request = load_payment_link_request()

@@ -1,15 +1,15 @@
 """The CRM's internal API (the "Router"), which creates Stripe customers for an account.
 
-When ``API_BASE_URL`` is set, payment links create missing Stripe customers through
-``POST {API_BASE_URL}/v1/billing/customer`` instead of calling Stripe directly. Each call carries
-a bearer JWT signed (HS256) with ``APP_SECRET``, with the claims the billing import mints: type
-``access_token``, ``uid``, ``account_id``, ``parent_account``, ``client_id``, the contacts/files
-scope, and a one-hour expiry. Both variables are read when a call is made, never kept in config.
+When a base URL is configured (``API_BASE_URL``), payment links create missing Stripe customers
+through ``POST {API_BASE_URL}/v1/billing/customer`` instead of calling Stripe directly. Each call
+carries a bearer JWT signed (HS256) with ``APP_SECRET``, with the claims the billing import mints:
+type ``access_token``, ``uid``, ``account_id``, ``parent_account``, ``client_id``, the
+contacts/files scope, and a one-hour expiry. ``definitions.py`` binds both settings with
+``EnvVar``, so the UI shows the variables' names, never the secret.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -65,17 +65,22 @@ def mint_access_token(subject: TokenSubject, secret: str, *, now: datetime | Non
 
 
 class CrmApiResource(ConfigurableResource):
-    """Client of the CRM's internal API; unused unless ``API_BASE_URL`` (or ``base_url``) is set."""
+    """Client of the CRM's internal API; unused unless ``base_url`` (``API_BASE_URL``) is set."""
 
     base_url: str | None = Field(
         default=None,
-        description="CRM API base URL; empty means the API_BASE_URL environment variable. "
-        "When neither is set, Stripe customers are created directly with the account's key.",
+        description="CRM API base URL (API_BASE_URL). When empty, Stripe customers are created "
+        "directly with the account's key.",
+    )
+    app_secret: str | None = Field(
+        default=None,
+        description="Secret that signs the API's JWTs; bind it to the APP_SECRET environment "
+        "variable, never a literal (the UI shows literals).",
     )
     timeout_seconds: float = Field(default=30.0, description="Timeout of each API call.")
 
     def resolved_base_url(self) -> str | None:
-        return (self.base_url or os.environ.get("API_BASE_URL") or "").rstrip("/") or None
+        return (self.base_url or "").rstrip("/") or None
 
     def is_enabled(self) -> bool:
         return self.resolved_base_url() is not None
@@ -87,7 +92,7 @@ class CrmApiResource(ConfigurableResource):
         base_url = self.resolved_base_url()
         if base_url is None:
             raise CrmApiError("API_BASE_URL is not set; there is no CRM API to call")
-        secret = os.environ.get("APP_SECRET")
+        secret = self.app_secret
         if not secret:
             raise CrmApiError(
                 "APP_SECRET is not set: it signs the JWT that customer creation through "

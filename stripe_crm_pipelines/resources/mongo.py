@@ -8,18 +8,21 @@ from stripe_crm_pipelines.resilience import MongoRetry, ResilientDatabase
 
 
 class MongoResource(ConfigurableResource):
-    """Opens the CRM store through :func:`stripe_crm_pipelines.store.connect`.
+    """Opens the CRM store through :func:`stripe_crm_pipelines.store.open_database`.
 
-    The URI is read from ``MONGODB_URI`` in the process that uses it, so credentials in it never
-    appear in run config. ``uri`` exists for tests and scripts that open a particular store.
-    Calls that are safe to repeat are retried after a dropped connection or a failover
-    (:mod:`stripe_crm_pipelines.resilience`).
+    ``definitions.py`` binds ``uri`` to ``EnvVar("MONGODB_URI")``, so the UI shows the variable's
+    name and credentials in it never appear in run config. Calls that are safe to repeat are
+    retried after a dropped connection or a failover (:mod:`stripe_crm_pipelines.resilience`).
     """
 
     uri: str | None = Field(
         default=None,
-        description="Store URI; leave empty to use the MONGODB_URI environment variable "
-        "(or the default embedded store). Do not put credentials here.",
+        description="Store URI, bound to the MONGODB_URI environment variable; empty means the "
+        "default embedded store (local development only). Do not put credentials here.",
+    )
+    database_name: str = Field(
+        default=store.DEFAULT_DATABASE,
+        description="Database holding the CRM collections (MONGODB_DATABASE).",
     )
     retry_attempts: int = Field(
         default=5,
@@ -38,9 +41,9 @@ class MongoResource(ConfigurableResource):
     )
 
     def database(self) -> ResilientDatabase:
-        """The CRM database (``MONGODB_DATABASE``, default ``crm``), retrying transient errors."""
+        """The CRM database, retrying transient errors."""
         return ResilientDatabase(
-            store.connect(self.uri),
+            store.open_database(self.uri or store.DEFAULT_STORE_DIR.as_uri(), self.database_name),
             MongoRetry(
                 attempts=self.retry_attempts,
                 initial_delay=self.retry_initial_delay_seconds,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -24,18 +23,19 @@ class ShortenerResource(ConfigurableResource):
     """POSTs ``{"url": long_url}`` to the shortener and reads ``short_url`` from its JSON answer.
 
     The protocol is the one :mod:`stripe_crm_pipelines.local.shortener` serves. With no base URL
-    (neither ``base_url`` nor ``SHORTENER_URL``) nothing is shortened and the long URL is kept.
+    (``definitions.py`` binds it to ``SHORTENER_URL`` when that is set) nothing is shortened and
+    the long URL is kept.
     """
 
     base_url: str | None = Field(
         default=None,
-        description="Shortener endpoint, e.g. http://127.0.0.1:8765; empty means the "
-        "SHORTENER_URL environment variable, and when that is unset too links stay long.",
+        description="Shortener endpoint, e.g. http://127.0.0.1:8765 (SHORTENER_URL); empty "
+        "means links stay long.",
     )
     timeout_seconds: float = Field(default=5.0, description="Timeout of the shortening request.")
 
     def resolved_base_url(self) -> str | None:
-        return (self.base_url or os.environ.get("SHORTENER_URL") or "").rstrip("/") or None
+        return (self.base_url or "").rstrip("/") or None
 
     def shorten(self, long_url: str) -> ShortenedUrl:
         """The short URL, or ``long_url`` with the reason when there is no usable answer."""

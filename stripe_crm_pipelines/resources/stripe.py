@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import threading
@@ -130,12 +129,13 @@ class StripeResource(ConfigurableResource):
     """Builds ``stripe.StripeClient``s for connected accounts.
 
     The secret key comes from the CRM's ``stripe_key`` collection at run time and is passed to
-    :meth:`client`, never through config. The API base defaults to ``STRIPE_API_BASE``.
+    :meth:`client`, never through config. ``definitions.py`` binds the API base to
+    ``STRIPE_API_BASE`` when that is set.
     """
 
-    api_base: str | None = Field(
-        default=None,
-        description="Stripe API base URL; empty means STRIPE_API_BASE, else https://api.stripe.com.",
+    api_base: str = Field(
+        default=DEFAULT_API_BASE,
+        description="Stripe API base URL (STRIPE_API_BASE; the local sandbox in development).",
     )
     timeout_seconds: float = Field(default=30.0, description="Per-request timeout in seconds.")
     max_retries: int = Field(
@@ -146,7 +146,7 @@ class StripeResource(ConfigurableResource):
     )
 
     def resolved_api_base(self) -> str:
-        return (self.api_base or os.environ.get("STRIPE_API_BASE") or DEFAULT_API_BASE).rstrip("/")
+        return self.api_base.rstrip("/")
 
     def client(
         self,

@@ -78,9 +78,7 @@ def shared_instance():
 
 
 @pytest.fixture
-def env(stripe_sandbox, db, mongo_uri, monkeypatch, shared_instance) -> Env:
-    for name in ("API_BASE_URL", "APP_SECRET", "SHORTENER_URL", "STRIPE_API_BASE"):
-        monkeypatch.delenv(name, raising=False)
+def env(stripe_sandbox, db, mongo_uri, shared_instance) -> Env:
     db[store.ACCOUNTS].insert_one(
         {"_id": ACCOUNT_ID, "client_id": CLIENT_ID, "parent_account": PARENT_ACCOUNT_ID}
     )
@@ -137,6 +135,8 @@ def run_job(
     shortener_url: str | None = None,
     stripe_retries: int = 2,
     stripe_timeout: float = 5.0,
+    crm_api_url: str | None = None,
+    app_secret: str | None = None,
 ):
     return create_payment_link.execute_in_process(
         run_config={"ops": {FIRST_OP: {"config": config}}},
@@ -149,7 +149,9 @@ def run_job(
                 timeout_seconds=stripe_timeout,
             ),
             "shortener": ShortenerResource(base_url=shortener_url, timeout_seconds=2),
-            "crm_api": CrmApiResource(timeout_seconds=5),
+            "crm_api": CrmApiResource(
+                base_url=crm_api_url, app_secret=app_secret, timeout_seconds=5
+            ),
         },
         instance=env.instance,
         raise_on_error=False,
@@ -553,18 +555,16 @@ def _customer_fields(params: dict) -> dict:
 
 
 @pytest.fixture
-def router(env, monkeypatch):
+def router(env):
     stub = RouterStub(env.sandbox, APP_SECRET)
-    monkeypatch.setenv("API_BASE_URL", stub.url)
     yield stub
     stub.stop()
 
 
-def test_router_creates_the_customer_with_a_signed_token(env, router, monkeypatch):
-    monkeypatch.setenv("APP_SECRET", APP_SECRET)
+def test_router_creates_the_customer_with_a_signed_token(env, router):
     before = int(time.time())
 
-    result = run_job(env, job_config(env))
+    result = run_job(env, job_config(env), crm_api_url=router.url, app_secret=APP_SECRET)
 
     assert result.success, failure_description(result)
     [call] = router.calls
@@ -590,11 +590,15 @@ def test_router_creates_the_customer_with_a_signed_token(env, router, monkeypatc
     assert env.requests(CUSTOMERS_PATH, "POST") == []
 
 
-def test_router_token_uses_the_configured_user_and_client(env, router, monkeypatch):
-    monkeypatch.setenv("APP_SECRET", APP_SECRET)
+def test_router_token_uses_the_configured_user_and_client(env, router):
     user, client = ObjectId(), ObjectId()
 
-    result = run_job(env, job_config(env, user_id=str(user), client_id=str(client)))
+    result = run_job(
+        env,
+        job_config(env, user_id=str(user), client_id=str(client)),
+        crm_api_url=router.url,
+        app_secret=APP_SECRET,
+    )
 
     assert result.success, failure_description(result)
     claims = router.calls[0]["claims"]
@@ -602,7 +606,7 @@ def test_router_token_uses_the_configured_user_and_client(env, router, monkeypat
 
 
 def test_router_without_app_secret_fails_clearly(env, router):
-    result = run_job(env, job_config(env))
+    result = run_job(env, job_config(env), crm_api_url=router.url)
 
     assert not result.success
     description = failure_description(result)
@@ -613,12 +617,11 @@ def test_router_without_app_secret_fails_clearly(env, router):
     assert env.invoices() == []
 
 
-def test_router_token_without_a_user_or_client_names_them(env, router, monkeypatch):
-    monkeypatch.setenv("APP_SECRET", APP_SECRET)
+def test_router_token_without_a_user_or_client_names_them(env, router):
     env.db[store.CONTACTS].update_one({"_id": env.contact_id}, {"$unset": {"owner": ""}})
     env.db[store.ACCOUNTS].update_one({"_id": ACCOUNT_ID}, {"$unset": {"client_id": ""}})
 
-    result = run_job(env, job_config(env))
+    result = run_job(env, job_config(env), crm_api_url=router.url, app_secret=APP_SECRET)
 
     assert not result.success
     description = failure_description(result)
@@ -631,13 +634,12 @@ def test_router_token_without_a_user_or_client_names_them(env, router, monkeypat
 
 
 @pytest.mark.parametrize("outcome", ["success", "failure"])
-def test_no_secret_reaches_run_config_tags_logs_or_metadata(env, router, monkeypatch, outcome):
-    monkeypatch.setenv("APP_SECRET", APP_SECRET)
+def test_no_secret_reaches_run_config_tags_logs_or_metadata(env, router, outcome):
     config = job_config(env)
     if outcome == "failure":
         config["line_items"].append({"price_id": "price_missing", "quantity": 1})
 
-    result = run_job(env, config)
+    result = run_job(env, config, crm_api_url=router.url, app_secret=APP_SECRET)
     assert result.success is (outcome == "success")
     run = env.instance.get_run_by_id(result.run_id)
     records = [serialize_value(entry) for entry in env.instance.all_logs(result.run_id)]

@@ -67,8 +67,9 @@ def answering():
     server.server_close()
 
 
-def create(base_url: str) -> dict:
-    return CrmApiResource(base_url=base_url, timeout_seconds=5).create_billing_customer(
+def create(base_url: str, app_secret: str | None = SECRET) -> dict:
+    resource = CrmApiResource(base_url=base_url, app_secret=app_secret, timeout_seconds=5)
+    return resource.create_billing_customer(
         {"email": "a@example.com"}, SUBJECT, idempotency_key="run:customer"
     )
 
@@ -76,8 +77,7 @@ def create(base_url: str) -> dict:
 @pytest.mark.parametrize(
     "body", [{"id": "cus_1", "email": "a@example.com"}, {"data": {"id": "cus_1"}}]
 )
-def test_reads_the_customer_bare_or_in_a_data_envelope(answering, monkeypatch, body):
-    monkeypatch.setenv("APP_SECRET", SECRET)
+def test_reads_the_customer_bare_or_in_a_data_envelope(answering, body):
     url, answers = answering
     answers.append((200, json.dumps(body).encode()))
     assert create(url)["id"] == "cus_1"
@@ -92,8 +92,7 @@ def test_reads_the_customer_bare_or_in_a_data_envelope(answering, monkeypatch, b
         (200, b"<html>", False, "non-JSON"),
     ],
 )
-def test_errors_say_what_went_wrong(answering, monkeypatch, status, body, retryable, text):
-    monkeypatch.setenv("APP_SECRET", SECRET)
+def test_errors_say_what_went_wrong(answering, status, body, retryable, text):
     url, answers = answering
     answers.append((status, body))
     with pytest.raises(CrmApiError) as raised:
@@ -102,17 +101,16 @@ def test_errors_say_what_went_wrong(answering, monkeypatch, status, body, retrya
     assert text in str(raised.value)
 
 
-def test_missing_app_secret_is_a_clear_error(monkeypatch):
-    monkeypatch.delenv("APP_SECRET", raising=False)
+def test_missing_app_secret_is_a_clear_error():
     with pytest.raises(CrmApiError, match="APP_SECRET is not set"):
-        create("http://127.0.0.1:9")
+        create("http://127.0.0.1:9", app_secret=None)
 
 
-def test_api_base_url_comes_from_the_environment(monkeypatch):
-    monkeypatch.delenv("API_BASE_URL", raising=False)
+def test_the_api_is_used_only_with_a_base_url():
     assert not CrmApiResource().is_enabled()
-    monkeypatch.setenv("API_BASE_URL", "http://crm.internal/")
-    assert CrmApiResource().resolved_base_url() == "http://crm.internal"
+    assert CrmApiResource(base_url="http://crm.internal/").resolved_base_url() == (
+        "http://crm.internal"
+    )
 
 
 # --- what a verifying CRM API accepts -----------------------------------------------------------
@@ -178,8 +176,7 @@ def post_with(url: str, token: str) -> int:
     ).status_code
 
 
-def test_the_resource_token_is_accepted_by_a_verifying_api(verifying, monkeypatch):
-    monkeypatch.setenv("APP_SECRET", SECRET)
+def test_the_resource_token_is_accepted_by_a_verifying_api(verifying):
     url, seen = verifying
     before = int(datetime.now(UTC).timestamp())
 

@@ -59,15 +59,9 @@ def test_resource_shortens(shortener):
     assert shortener.resolve(result.url.rsplit("/", 1)[1]) == LONG_URL
 
 
-def test_resource_keeps_the_long_url_when_unset(monkeypatch):
-    monkeypatch.delenv("SHORTENER_URL", raising=False)
+def test_resource_keeps_the_long_url_when_unset():
     result = ShortenerResource().shorten(LONG_URL)
     assert (result.url, result.shortened, result.problem) == (LONG_URL, False, None)
-
-
-def test_resource_reads_shortener_url_from_the_environment(monkeypatch, shortener):
-    monkeypatch.setenv("SHORTENER_URL", shortener.url)
-    assert ShortenerResource().shorten(LONG_URL).shortened
 
 
 def test_resource_keeps_the_long_url_when_down():
