@@ -5,6 +5,9 @@ Stripe key), inserts it as a pending ``queues`` document recorded as ``queued_by
 prints its id. ``billing_import_sensor`` launches it within 30 seconds, with the same run tags and
 one-import-per-Stripe-account limit as a request from the CRM. Follow it in the Dagster UI (Runs,
 tag ``stripe_crm/import_id``) or with ``python -m stripe_crm_pipelines.history``.
+
+The store is ``MONGODB_URI``, else, run in the project directory, the one ``make dev`` uses
+(named in ``.local/settings.env``); the first line on stderr says which.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Sequence
 
 import pymongo.errors
 
-from stripe_crm_pipelines import store
+from stripe_crm_pipelines import cli_store, store
 from stripe_crm_pipelines.billing_import.new_requests import (
     QUEUED_BY_CLI,
     build_import_request,
@@ -130,7 +133,10 @@ def queue_import(args: argparse.Namespace) -> int:
     except ValueError as error:
         args.command_parser.error(str(error))
     try:
-        db = store.connect()
+        db = cli_store.open_store(cli_store.choose_store(), sys.stderr)
+        if db is None:
+            print("error: not queued: there is no store to queue it in", file=sys.stderr)
+            return 1
         document = build_import_request(
             db,
             account_id=args.account,

@@ -19,9 +19,8 @@ from pathlib import Path
 
 import requests
 
-from stripe_crm_pipelines import store
+from stripe_crm_pipelines import cli_store, store
 from stripe_crm_pipelines.local import demo
-from stripe_crm_pipelines.resources.stripe import StripeResource
 
 STOP_TIMEOUT_SECONDS = 20
 
@@ -74,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     shortener_url = f"http://127.0.0.1:{args.shortener_port}"
     env = dict(os.environ)
     env.setdefault("MONGODB_URI", store_dir.as_uri())
+    # The history and imports commands, run in the project directory, read the same store.
+    cli_store.write_settings(project, env["MONGODB_URI"])
     env.update(
         DAGSTER_HOME=str(dagster_home),
         STRIPE_API_BASE=sandbox_url,
@@ -151,15 +152,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _seed_demo(mongo_uri: str, sandbox_url: str) -> None:
-    client = StripeResource(api_base=sandbox_url).client(
-        demo.DEMO_SECRET_KEY, demo.DEMO_STRIPE_ACCOUNT
-    )
-    summary = demo.seed_demo(store.connect(mongo_uri), client)
-    print(
-        f"Demo data ready: account {summary.account_id}, import request {summary.import_id}, "
-        f"payment-link contact {summary.payment_contact_id}",
-        flush=True,
-    )
+    summary = demo.seed_from_sandbox(store.connect(mongo_uri), sandbox_url)
+    print(summary.describe(), flush=True)
 
 
 def _start(command: list[str], env: dict[str, str], cwd: Path | None = None) -> subprocess.Popen:
