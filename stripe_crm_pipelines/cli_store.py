@@ -2,13 +2,14 @@
 
 In order:
 
-1. ``MONGODB_URI`` when it is set;
-2. else the store ``make dev`` uses, which it records in ``.local/settings.env`` of the project
-   directory (a ``MONGODB_URI=…`` line), when the tool runs in that directory;
+1. ``MONGODB_URI`` when it is set (as ``make dev`` itself does);
+2. else, run in the project directory (the one holding ``workspace.yaml``), the embedded store
+   ``make dev`` keeps there by default, ``.local/store``;
 3. else the default embedded store (:data:`stripe_crm_pipelines.store.DEFAULT_STORE_DIR`).
 
-A tool prints its choice to stderr, warns when the store does not exist yet or holds nothing, and
-never creates an embedded store just to read it.
+Nothing is written to find it, so a ``make dev`` started with ``--store-dir`` elsewhere is read
+with ``MONGODB_URI=file:///that/dir``. A tool prints its choice to stderr, warns when the store
+does not exist yet or holds nothing, and never creates an embedded store just to read it.
 """
 
 from __future__ import annotations
@@ -24,13 +25,9 @@ import pymongo.errors
 
 from stripe_crm_pipelines import store
 
-SETTINGS_FILE = Path(".local") / "settings.env"
-"""Written by ``make dev`` under the project directory; read relative to the current one."""
-_SETTINGS_HEADER = (
-    "# Written by `make dev` (python -m stripe_crm_pipelines.dev) each time it starts.\n"
-    "# `python -m stripe_crm_pipelines.history` and `... imports` run in this project directory\n"
-    "# read the store named here when MONGODB_URI is unset.\n"
-)
+DEV_STORE_DIR = Path(".local") / "store"
+"""``make dev``'s embedded store, under the project directory."""
+PROJECT_MARKER = "workspace.yaml"
 
 
 @dataclass(frozen=True)
@@ -59,41 +56,12 @@ def choose_store(cwd: Path | None = None, environ: Mapping[str, str] | None = No
     environ = os.environ if environ is None else environ
     if environ.get("MONGODB_URI"):
         return StoreChoice(environ["MONGODB_URI"], "from MONGODB_URI")
-    settings = (cwd or Path.cwd()) / SETTINGS_FILE
-    uri = read_settings(settings).get("MONGODB_URI")
-    if uri:
-        return StoreChoice(uri, f"make dev's store, from {SETTINGS_FILE}")
+    directory = (cwd or Path.cwd()).resolve()
+    if (directory / PROJECT_MARKER).is_file():
+        return StoreChoice(
+            (directory / DEV_STORE_DIR).as_uri(), f"make dev's store in {DEV_STORE_DIR}"
+        )
     return StoreChoice(store.resolve_uri(), "the default embedded store; MONGODB_URI is unset")
-
-
-def read_settings(path: Path) -> dict[str, str]:
-    """``NAME=value`` lines of a settings file; comments and blank lines skipped; {} if absent."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return {}
-    settings: dict[str, str] = {}
-    for line in text.splitlines():
-        name, separator, value = line.strip().partition("=")
-        if separator and not name.startswith("#"):
-            settings[name.strip()] = value.strip()
-    return settings
-
-
-def write_settings(project_dir: Path, mongodb_uri: str) -> Path:
-    """Record ``make dev``'s store for the tools; only an embedded store's URI is written.
-
-    A ``mongodb://`` URI may hold a password, so it is never written to disk: the tools then need
-    ``MONGODB_URI`` set as it was for ``make dev``.
-    """
-    path = project_dir / SETTINGS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if urlparse(mongodb_uri).scheme == "file":
-        body = f"MONGODB_URI={mongodb_uri}\n"
-    else:
-        body = "# make dev uses MONGODB_URI from its environment; set it for the tools too.\n"
-    path.write_text(_SETTINGS_HEADER + body, encoding="utf-8")
-    return path
 
 
 def open_store(choice: StoreChoice, err: TextIO):

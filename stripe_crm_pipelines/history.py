@@ -1,7 +1,7 @@
 """Print an account's past billing imports from ``contact_import_results``, newest first.
 
 Reads the store the import job writes its results to: ``MONGODB_URI`` when set, else, run in the
-project directory, the store ``make dev`` uses (recorded in ``.local/settings.env``), else the
+project directory (where ``workspace.yaml`` is), ``make dev``'s store ``.local/store``, else the
 default embedded store; the first line on stderr says which. Each row is one import, dry run,
 sync or revert: when it started and finished, its status and type, the contact counts, the
 Stripe requests it made, the error of a failed one, and the Dagster run that did it (open it in

@@ -6,8 +6,8 @@ prints its id. ``billing_import_sensor`` launches it within 30 seconds, with the
 one-import-per-Stripe-account limit as a request from the CRM. Follow it in the Dagster UI (Runs,
 tag ``stripe_crm/import_id``) or with ``python -m stripe_crm_pipelines.history``.
 
-The store is ``MONGODB_URI``, else, run in the project directory, the one ``make dev`` uses
-(named in ``.local/settings.env``); the first line on stderr says which.
+The store is ``MONGODB_URI``, else, run in the project directory (where ``workspace.yaml`` is),
+``make dev``'s store ``.local/store``; the first line on stderr says which.
 """
 
 from __future__ import annotations

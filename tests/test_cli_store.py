@@ -18,11 +18,12 @@ ACCOUNT = ObjectId("650000000000000000000001")
 
 @pytest.fixture
 def project(tmp_path, monkeypatch) -> Path:
-    """A project directory, the current one, with no MONGODB_URI and a default store inside."""
+    """A project directory (it holds workspace.yaml), the current one; MONGODB_URI unset."""
     monkeypatch.delenv("MONGODB_URI", raising=False)
     monkeypatch.setattr(store, "DEFAULT_STORE_DIR", tmp_path / "default-store")
     directory = tmp_path / "project"
     directory.mkdir()
+    (directory / "workspace.yaml").write_text("load_from: []\n")
     monkeypatch.chdir(directory)
     return directory
 
@@ -42,20 +43,18 @@ def _result(started: dt.datetime) -> dict:
 
 def test_run_in_the_project_directory_history_reads_make_devs_store(project, capsys):
     dev_store = (project / ".local" / "store").as_uri()
-    cli_store.write_settings(project, dev_store)
     store.connect(dev_store)[store.IMPORT_RESULTS].insert_one(_result(dt.datetime.now(dt.UTC)))
 
     code = history.main(["--account", str(ACCOUNT)])
 
     out, err = capsys.readouterr()
     assert code == 0
-    assert err.splitlines()[0] == f"store: {dev_store} (make dev's store, from .local/settings.env)"
+    assert err.splitlines()[0] == f"store: {dev_store} (make dev's store in .local/store)"
     assert "229" in out.splitlines()[1]
     assert not store.DEFAULT_STORE_DIR.exists()
 
 
 def test_mongodb_uri_wins_over_make_devs_store(project, monkeypatch):
-    cli_store.write_settings(project, (project / ".local" / "store").as_uri())
     monkeypatch.setenv("MONGODB_URI", "mongomock://elsewhere")
 
     assert cli_store.choose_store() == cli_store.StoreChoice(
@@ -63,7 +62,7 @@ def test_mongodb_uri_wins_over_make_devs_store(project, monkeypatch):
     )
 
 
-def test_elsewhere_the_default_store_is_read(project, tmp_path, monkeypatch):
+def test_outside_a_project_the_default_store_is_read(project, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
     choice = cli_store.choose_store()
@@ -73,24 +72,26 @@ def test_elsewhere_the_default_store_is_read(project, tmp_path, monkeypatch):
 
 
 def test_reading_a_store_that_does_not_exist_creates_nothing(project, capsys):
+    dev_store = project / ".local" / "store"
+
     code = history.main(["--account", str(ACCOUNT)])
 
     out, err = capsys.readouterr()
     assert code == 0
     assert out == f"No imports recorded for account {ACCOUNT}.\n"
-    assert f"warning: there is no store at {store.DEFAULT_STORE_DIR} yet" in err
+    assert f"warning: there is no store at {dev_store} yet" in err
     assert "`make dev`" in err
-    assert not store.DEFAULT_STORE_DIR.exists()
+    assert not (project / ".local").exists()
 
     code = imports.main(["queue", "--account", str(ACCOUNT), "--type", "contacts"])
 
     assert code == 1
     assert "error: not queued: there is no store to queue it in" in capsys.readouterr().err
-    assert not store.DEFAULT_STORE_DIR.exists()
+    assert not (project / ".local").exists()
 
 
 def test_an_empty_store_is_called_empty(project, capsys):
-    store.DEFAULT_STORE_DIR.mkdir()
+    (project / ".local" / "store").mkdir(parents=True)
 
     code = history.main(["--account", str(ACCOUNT), "--format", "json"])
 
@@ -98,17 +99,6 @@ def test_an_empty_store_is_called_empty(project, capsys):
     assert code == 0
     assert out == "[]\n"
     assert "warning: the store holds no collections" in err
-
-
-def test_make_dev_records_only_an_embedded_store(tmp_path):
-    embedded = (tmp_path / "store").as_uri()
-
-    path = cli_store.write_settings(tmp_path, embedded)
-    assert cli_store.read_settings(path) == {"MONGODB_URI": embedded}
-
-    cli_store.write_settings(tmp_path, "mongodb://crm:s3cret@db.example.com/crm")
-    assert cli_store.read_settings(path) == {}
-    assert "s3cret" not in path.read_text()
 
 
 def test_passwords_are_not_printed():

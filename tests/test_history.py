@@ -294,6 +294,6 @@ def test_help_explains_usage(capsys):
     out = capsys.readouterr().out
     for text in (
         "--account ID", "--limit N", "{table,csv,json,markdown}", "MONGODB_URI", "newest first",
-        ".local/settings.env", "make dev",
+        ".local/store", "workspace.yaml", "make dev",
     ):  # fmt: skip
         assert text in out

@@ -6,7 +6,8 @@ Everything has a fixed id and is written with ``$setOnInsert``, so seeding twice
 nothing: the demo import request is created once, and once imported it stays completed.
 
 ``make dev`` seeds it on start. Run on its own, it seeds the store the other tools read
-(``MONGODB_URI``, else ``make dev``'s from ``.local/settings.env``) against a running sandbox.
+(``MONGODB_URI``, else ``make dev``'s ``.local/store`` when run in the project directory)
+against a running sandbox.
 """
 
 from __future__ import annotations

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     project = args.project_dir.resolve()
     dagster_home = (args.dagster_home or project / ".dagster_home").resolve()
-    store_dir = (args.store_dir or project / ".local" / "store").resolve()
+    store_dir = (args.store_dir or project / cli_store.DEV_STORE_DIR).resolve()
     dagster_home.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(project / "dagster.yaml", dagster_home / "dagster.yaml")
 
@@ -73,8 +73,6 @@ def main(argv: list[str] | None = None) -> int:
     shortener_url = f"http://127.0.0.1:{args.shortener_port}"
     env = dict(os.environ)
     env.setdefault("MONGODB_URI", store_dir.as_uri())
-    # The history and imports commands, run in the project directory, read the same store.
-    cli_store.write_settings(project, env["MONGODB_URI"])
     env.update(
         DAGSTER_HOME=str(dagster_home),
         STRIPE_API_BASE=sandbox_url,
