@@ -29,6 +29,7 @@ def _result(started: dt.datetime | None, **fields) -> dict:
         "duplicates": 1,
         "customers_fetched": 13,
         "pages_fetched": 1,
+        "stripe_requests": 4,
         "user_id": ObjectId(),
         "account_id": ACCOUNT,
         "importerrors": [],
@@ -56,6 +57,9 @@ def results(db, mongo_uri, monkeypatch):
             customers_fetched=0,
             import_errors_count=1,
             importerrors=[{"message": "Stripe key was revoked", "email": None}],
+            error="Stripe rejected the account's key (401): the key was revoked in the "
+            "Stripe dashboard; connect Stripe again in the CRM",
+            stripe_requests=1,
         ),
         _result(T0 + dt.timedelta(days=2), records_added=0, records_updated=261),
         _result(T0 + dt.timedelta(days=3), account_id=OTHER_ACCOUNT, run_id="run-other"),
@@ -76,17 +80,65 @@ def test_table_lists_the_accounts_imports_newest_first(results, capsys):
     assert code == 0
     lines = out.splitlines()
     assert lines[0].split() == [
-        "started", "finished", "status", "type", "added", "updated", "skipped", "errors",
-        "duplicates", "fetched", "run", "id",
+        "started", "finished", "status", "kind", "type", "added", "updated", "skipped", "errors",
+        "duplicates", "fetched", "stripe", "requests", "run", "id", "error",
     ]  # fmt: skip
-    assert [line.split()[-1] for line in lines[1:]] == ["run-0900", "run-0900", "run-0900"]
     assert [line.split()[0] for line in lines[1:]] == ["2026-03-03", "2026-03-02", "2026-03-01"]
-    assert lines[2].split()[:11] == [
-        "2026-03-02", "09:00:00", "2026-03-02", "09:00:42", "failed", "companies",
-        "0", "0", "0", "1", "1",
+    assert lines[2].split()[:15] == [
+        "2026-03-02", "09:00:00", "2026-03-02", "09:00:42", "failed", "import", "companies",
+        "0", "0", "0", "1", "1", "0", "1", "run-0900",
     ]  # fmt: skip
-    assert lines[3].split()[4:12] == ["completed", "contacts", "250", "5", "0", "0", "1", "256"]
+    # The error, shortened to fit a terminal line.
+    assert lines[2].endswith("Stripe rejected the account's key (401): the key was revoke…")
+    assert lines[3].split()[4:14] == [
+        "completed", "import", "contacts", "250", "5", "0", "0", "1", "256", "4",
+    ]  # fmt: skip
+    assert lines[3].split()[14:] == ["run-0900", "-"]
     assert "run-other" not in out
+
+
+def test_table_leaves_out_columns_no_import_uses(db, mongo_uri, monkeypatch, capsys):
+    monkeypatch.setenv("MONGODB_URI", mongo_uri)
+    db[store.IMPORT_RESULTS].insert_one(_result(T0))
+
+    heading = _run(capsys, "--account", str(ACCOUNT))[1].splitlines()[0]
+
+    assert heading.split()[-2:] == ["run", "id"]
+    assert "restored" not in heading
+
+
+def test_kinds_dry_run_sync_and_revert(db, mongo_uri, monkeypatch, capsys):
+    monkeypatch.setenv("MONGODB_URI", mongo_uri)
+    imported = _result(T0)
+    db[store.IMPORT_RESULTS].insert_many(
+        [
+            imported,
+            _result(T0 + dt.timedelta(hours=1), dry_run=True),
+            _result(T0 + dt.timedelta(hours=2), name="stripe-sync"),
+            {
+                "status": "completed",
+                "name": "stripe-revert",
+                "type": "contacts",
+                "account_id": ACCOUNT,
+                "reverted_import_id": imported["import_id"],
+                "records_restored": 7,
+                "records_removed": 3,
+                "conflicts": 1,
+                "started_at": T0 + dt.timedelta(hours=3),
+            },
+        ]
+    )
+
+    code, out, _ = _run(capsys, "--account", str(ACCOUNT))
+    records = json.loads(_run(capsys, "--account", str(ACCOUNT), "--format", "json")[1])
+
+    assert code == 0
+    rows = out.splitlines()[1:]
+    assert ["revert" in rows[0], "sync" in rows[1], "dry run" in rows[2]] == [True] * 3
+    assert out.splitlines()[0].split()[13:16] == ["restored", "removed", "conflicts"]
+    assert [record["kind"] for record in records] == ["revert", "sync", "dry run", "import"]
+    assert records[0]["reverted_import_id"] == str(imported["import_id"])
+    assert (records[0]["records_restored"], records[0]["conflicts"]) == (7, 1)
 
 
 def test_limit_keeps_the_newest(results, capsys):
@@ -108,6 +160,9 @@ def test_csv_carries_every_field(results, capsys):
     assert rows[2]["records_added"] == "250"
     assert rows[2]["import_id"] == str(results[0]["import_id"])
     assert rows[1]["status"] == "failed"
+    assert rows[1]["error"].startswith("Stripe rejected the account's key (401)")
+    assert rows[2]["error"] == ""
+    assert rows[2]["stripe_requests"] == "4"
 
 
 def test_json_is_machine_readable(results, capsys):
@@ -120,6 +175,7 @@ def test_json_is_machine_readable(results, capsys):
         "started_at": "2026-03-01T09:00:00+00:00",
         "finished_at": "2026-03-01T09:00:42+00:00",
         "status": "completed",
+        "kind": "import",
         "type": "contacts",
         "records_added": 250,
         "records_updated": 5,
@@ -127,9 +183,35 @@ def test_json_is_machine_readable(results, capsys):
         "import_errors": 0,
         "duplicates": 1,
         "customers_fetched": 256,
+        "stripe_requests": 4,
+        "records_restored": None,
+        "records_removed": None,
+        "conflicts": None,
         "import_id": str(results[0]["import_id"]),
+        "reverted_import_id": None,
         "run_id": "run-0900",
+        "error": None,
     }
+    assert records[1]["error"] == (
+        "Stripe rejected the account's key (401): the key was revoked in the Stripe dashboard; "
+        "connect Stripe again in the CRM"
+    )
+
+
+def test_markdown_is_one_table_of_every_field(results, capsys):
+    code, out, _ = _run(capsys, "--account", str(ACCOUNT), "--format", "markdown")
+
+    assert code == 0
+    lines = out.splitlines()
+    assert len(lines) == 5
+    headings = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    assert headings == list(history.COLUMNS)
+    cells = [cell.strip() for cell in lines[3].strip("|").split("|")]
+    failed = dict(zip(headings, cells, strict=True))
+    assert failed["status"] == "failed"
+    assert failed["finished_at"] == "2026-03-02 09:00:42"
+    assert failed["error"].startswith("Stripe rejected the account's key (401)")
+    assert failed["records_restored"] == "-"
 
 
 def test_older_result_shapes_still_show(db, mongo_uri, monkeypatch, capsys):
@@ -158,10 +240,10 @@ def test_older_result_shapes_still_show(db, mongo_uri, monkeypatch, capsys):
     assert oldest["started_at"] is None
     assert oldest["import_errors"] == 1
     assert oldest["records_skipped"] is None
-    assert oldest["run_id"] == ""
+    assert oldest["run_id"] is None
 
     code, out, _ = _run(capsys, "--account", str(ACCOUNT))
-    assert out.splitlines()[2].split()[:4] == ["-", "-", "completed", "contacts"]
+    assert out.splitlines()[2].split()[:5] == ["-", "-", "completed", "import", "contacts"]
 
 
 def test_no_imports_says_so(db, mongo_uri, monkeypatch, capsys):
@@ -210,5 +292,8 @@ def test_help_explains_usage(capsys):
 
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for text in ("--account ID", "--limit N", "{table,csv,json}", "MONGODB_URI", "newest first"):
+    for text in (
+        "--account ID", "--limit N", "{table,csv,json,markdown}", "MONGODB_URI", "newest first",
+        ".local/store", "workspace.yaml", "make dev",
+    ):  # fmt: skip
         assert text in out

@@ -12,8 +12,9 @@ from stripe_crm_pipelines.billing_import.ops import (
 @job(
     description=(
         "Import a connected Stripe account's customers into CRM contacts for one pending "
-        "`queues` request (source `billing-contacts`). Launched by `billing_import_sensor`; to "
-        "run one by hand, set `ops.claim_import_request.config.import_id`."
+        "`queues` request (source `billing-contacts`). Launched by `billing_import_sensor`. To "
+        "start an import by hand, queue it with the `queue_billing_import` job or `python -m "
+        "stripe_crm_pipelines.imports queue`; the sensor runs it with the import's tags."
     ),
     tags={"stripe_crm/job": "billing_contact_import"},
     # The three ops run one after another, so a process per op would only add start-up time.

@@ -5,7 +5,8 @@ Stripe customer with ``-`` (or ``.``) between segments (``address-city``, ``meta
 CRM field is a dotted path into the contact (``address.state_province``). Stripe addresses, both
 ``address`` and ``shipping.address``, also answer to the CRM's names for their parts: ``street``
 (``line1``, then ``line2`` after a comma), ``state`` and ``state_province`` (``state``), ``zip``
-and ``postal_code`` (``postal_code``).
+and ``postal_code`` (``postal_code``). A Stripe key must name a field of a Stripe customer as the
+SDK types it (:mod:`.stripe_fields`); anything under ``metadata`` is free.
 
 :func:`parse_mappings` validates the object once per import and compiles a reader per entry, so
 :func:`map_customer` does no parsing per customer. Customers are plain mappings as Stripe's JSON
@@ -17,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from stripe_crm_pipelines.billing_import.stripe_fields import find_unknown_field
 
 JOB_OWNED_FIELDS: frozenset[str] = frozenset(
     {
@@ -85,6 +88,12 @@ class FieldMapping:
         stripe_path = tuple(self.stripe_key.replace("-", ".").split("."))
         if "" in stripe_path:
             raise MappingError(f"{entry}: Stripe key has an empty segment")
+        unknown = find_unknown_field(stripe_path)
+        if unknown is not None:
+            hint = f"; did you mean {unknown.suggestion!r}?" if unknown.suggestion else ""
+            raise MappingError(
+                f"{entry}: Stripe key names no field of a Stripe customer ({unknown.reason}){hint}"
+            )
         crm_path = tuple(self.crm_field.split("."))
         _check_crm_path(entry, self.crm_field, crm_path)
         object.__setattr__(self, "stripe_path", stripe_path)

@@ -69,7 +69,11 @@ class ImportRunConfig(Config):
 
     import_id: str = Field(
         description="The _id of the pending import request in the `queues` collection "
-        "(24 hexadecimal characters). The request must be pending and not in progress.",
+        "(24 hexadecimal characters), pending and not in progress. An id comes from queuing an "
+        "import: the queue_billing_import job or `python -m stripe_crm_pipelines.imports "
+        "queue` (it prints the id). billing_import_sensor then launches the run itself, with "
+        "the stripe_crm/* tags and the one-import-per-Stripe-account limit that a run launched "
+        "here by hand lacks.",
         pattern=OBJECT_ID_PATTERN,
     )
     max_customers: int | None = Field(

@@ -17,6 +17,8 @@ from stripe_crm_pipelines.billing_import.upsert import UpsertTarget
 
 IMPORT_SOURCE = "billing-contacts"
 CONTACT_TYPES = {"contacts": "person", "companies": "business"}
+DELETION_POLICIES = ("keep", "archive")
+"""What a kept-in-sync import does to a contact whose Stripe customer is deleted (SPEC §7)."""
 
 
 class InvalidImportRequest(ValueError):
@@ -38,6 +40,16 @@ class ImportRequest:
     new_contact: bool
     max_customers: int | None
     attempts: int
+    dry_run: bool = False
+    """Fetch, map and match, but write no contact."""
+    keep_in_sync: bool = False
+    """Keep the contacts in step with Stripe after the import completes."""
+    deletion_policy: str = "keep"
+    """``keep`` or ``archive``: see :data:`DELETION_POLICIES`."""
+    queued_by: str | None = None
+    """Who queued the request when it was not the CRM (``cli``, ``launchpad``)."""
+    reason: str | None = None
+    """Why the project queued it itself (``resync``)."""
 
     @property
     def upsert_target(self) -> UpsertTarget:
@@ -54,9 +66,10 @@ class ImportRequest:
 def parse_import_request(document: Mapping[str, Any]) -> ImportRequest:
     """Validate a ``queues`` document; raises :class:`InvalidImportRequest` naming the field.
 
-    Fields the project adds (``attempts``, ``max_customers``, claim fields) are optional, so
-    requests written by the CRM as the seed describes them are accepted. Progress fields
-    (``checkpoint``, ``resume_from``) belong to :mod:`~stripe_crm_pipelines.billing_import.queue`.
+    Fields the project adds (``attempts``, ``max_customers``, ``dry_run``, ``keep_in_sync``,
+    ``deletion_policy``, ``queued_by``, ``reason``, claim fields) are optional, so requests
+    written by the CRM as the seed describes them are accepted. Progress fields (``checkpoint``,
+    ``resume_from``) belong to :mod:`~stripe_crm_pipelines.billing_import.queue`.
     """
     if not isinstance(document, Mapping):
         raise InvalidImportRequest(f"import request must be an object, got {_describe(document)}")
@@ -72,6 +85,13 @@ def parse_import_request(document: Mapping[str, Any]) -> ImportRequest:
         mappings = parse_mappings(document.get("mappings"))
     except MappingError as error:
         raise InvalidImportRequest(str(error)) from None
+    dry_run = _flag(document, "dry_run")
+    keep_in_sync = _flag(document, "keep_in_sync")
+    if dry_run and keep_in_sync:
+        raise InvalidImportRequest(
+            "keep_in_sync: a dry run writes nothing, so it cannot keep contacts in sync"
+        )
+    deletion_policy = _deletion_policy(document.get("deletion_policy"), keep_in_sync)
     return ImportRequest(
         id=_object_id(document, "_id"),
         account_id=_object_id(document, "account_id"),
@@ -84,6 +104,11 @@ def parse_import_request(document: Mapping[str, Any]) -> ImportRequest:
         new_contact=_new_contact(document.get("new_contact")),
         max_customers=_integer(document, "max_customers", minimum=1),
         attempts=_integer(document, "attempts", minimum=0) or 0,
+        dry_run=dry_run,
+        keep_in_sync=keep_in_sync,
+        deletion_policy=deletion_policy,
+        queued_by=_text(document, "queued_by"),
+        reason=_text(document, "reason"),
     )
 
 
@@ -108,6 +133,38 @@ def _new_contact(value: object) -> bool:
     if not isinstance(value, bool):
         raise InvalidImportRequest(f"new_contact: must be true or false, got {value!r}")
     return value
+
+
+def _flag(document: Mapping[str, Any], name: str) -> bool:
+    value = document.get(name)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise InvalidImportRequest(f"{name}: must be true or false, got {value!r}")
+    return value
+
+
+def _deletion_policy(value: object, keep_in_sync: bool) -> str:
+    if value is None:
+        return "keep"
+    if value not in DELETION_POLICIES:
+        expected = ", ".join(repr(name) for name in DELETION_POLICIES)
+        raise InvalidImportRequest(f"deletion_policy: {value!r} is not one of {expected}")
+    if value == "archive" and not keep_in_sync:
+        raise InvalidImportRequest(
+            "deletion_policy: 'archive' applies to deletions seen while keeping contacts in "
+            "sync; set keep_in_sync too"
+        )
+    return value
+
+
+def _text(document: Mapping[str, Any], name: str) -> str | None:
+    value = document.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidImportRequest(f"{name}: must be a non-empty string, got {value!r}")
+    return value.strip()
 
 
 def _integer(document: Mapping[str, Any], name: str, minimum: int) -> int | None:

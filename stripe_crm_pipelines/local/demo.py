@@ -1,18 +1,30 @@
-"""Demo data for ``make dev``: one CRM account connected to a sandbox Stripe account.
+"""Write the demo data of ``make dev``: one CRM account connected to a sandbox Stripe account.
 
+The account, its billing Stripe key, five existing contacts whose emails match sandbox customers
+in another case, a business contact for payment links, and one pending import request.
 Everything has a fixed id and is written with ``$setOnInsert``, so seeding twice changes
 nothing: the demo import request is created once, and once imported it stays completed.
+
+``make dev`` seeds it on start. Run on its own, it seeds the store the other tools read
+(``MONGODB_URI``, else ``make dev``'s ``.local/store`` when run in the project directory)
+against a running sandbox.
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import pymongo.errors
+import requests
 import stripe
 from bson import ObjectId
 
-from stripe_crm_pipelines import store
+from stripe_crm_pipelines import cli_store, store
+from stripe_crm_pipelines.resources.stripe import StripeResource
 
 DEMO_ACCOUNT_ID = ObjectId("650000000000000000000001")
 DEMO_USER_ID = ObjectId("650000000000000000000002")
@@ -23,6 +35,7 @@ DEMO_STRIPE_ACCOUNT = "acct_1DemoCrmSandbox"
 # Accepted only by the local sandbox; it has no meaning to Stripe.
 DEMO_SECRET_KEY = "sk_test_local_sandbox_demo"
 DEMO_CUSTOMER_COUNT = 250
+DEFAULT_SANDBOX_URL = "http://127.0.0.1:12111"
 DEMO_MAPPINGS = {
     "name": "name",
     "phone": "phone",
@@ -42,6 +55,18 @@ class DemoSummary:
     import_id: str
     payment_contact_id: str
     existing_contacts: int
+
+    def describe(self) -> str:
+        return (
+            f"Demo data ready: account {self.account_id}, import request {self.import_id}, "
+            f"payment-link contact {self.payment_contact_id}"
+        )
+
+
+def seed_from_sandbox(db, sandbox_url: str) -> DemoSummary:
+    """:func:`seed_demo` against the local Stripe sandbox at ``sandbox_url``."""
+    client = StripeResource(api_base=sandbox_url).client(DEMO_SECRET_KEY, DEMO_STRIPE_ACCOUNT)
+    return seed_demo(db, client)
 
 
 def seed_demo(db, stripe_client: stripe.StripeClient) -> DemoSummary:
@@ -130,3 +155,53 @@ def seed_demo(db, stripe_client: stripe.StripeClient) -> DemoSummary:
 
 def _insert_once(collection, document_id: ObjectId, fields: dict) -> None:
     collection.update_one({"_id": document_id}, {"$setOnInsert": fields}, upsert=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m stripe_crm_pipelines.local.demo",
+        description=__doc__.replace("``", ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="exit status: 0 seeded (or already there), 1 the sandbox or the store cannot be "
+        "reached.",
+    )
+    parser.add_argument(
+        "--sandbox-url",
+        default=DEFAULT_SANDBOX_URL,
+        metavar="URL",
+        help="the running local Stripe sandbox that holds the demo customers "
+        f"(default {DEFAULT_SANDBOX_URL}, as make dev starts it)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not _sandbox_answers(args.sandbox_url):
+        print(
+            f"error: no Stripe sandbox answers at {args.sandbox_url}; start `make dev` or "
+            "`python -m stripe_crm_pipelines.sandbox --port 12111 --seed-customers 250 "
+            f"--account {DEMO_STRIPE_ACCOUNT}`",
+            file=sys.stderr,
+        )
+        return 1
+    choice = cli_store.choose_store()
+    print(choice.describe(), file=sys.stderr)
+    try:
+        summary = seed_from_sandbox(store.connect(choice.uri), args.sandbox_url)
+    except pymongo.errors.PyMongoError as error:
+        print(f"error: cannot write the demo data: {error}", file=sys.stderr)
+        return 1
+    print(summary.describe())
+    return 0
+
+
+def _sandbox_answers(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/_sandbox/health", timeout=2).ok
+    except requests.RequestException:
+        return False
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -14,6 +14,8 @@ from stripe_crm_pipelines.billing_import.mapping import (
     parse_mappings,
     set_fields,
 )
+from stripe_crm_pipelines.billing_import.stripe_fields import customer_fields
+from stripe_crm_pipelines.local.demo import DEMO_MAPPINGS
 
 SEED_MAPPINGS = {
     "address-street": "address.street",
@@ -482,3 +484,88 @@ def test_get_path(dotted, expected):
     document = {"name": "Ann", "address": full_address()}
 
     assert get_path(document, dotted) == expected
+
+
+@pytest.mark.parametrize(
+    ("stripe_key", "reason", "suggestion"),
+    [
+        ("adress-city", "'adress' is not one of its fields", "address-city"),
+        ("address-cty", "'cty' is not a field of 'address'", "address-city"),
+        ("shiping.adress.city", "'shiping' is not one of its fields", "shipping-address-city"),
+        ("metdata-plan", "'metdata' is not one of its fields", "metadata-plan"),
+        ("Email", "'Email' is not one of its fields", "email"),
+        ("email-domain", "'email' is a value, not an object", "email"),
+    ],
+)
+def test_stripe_key_must_name_a_customer_field(stripe_key, reason, suggestion):
+    with pytest.raises(MappingError) as raised:
+        parse_mappings({"name": "name", stripe_key: "target"})
+
+    assert str(raised.value) == (
+        f"mappings[{stripe_key!r}]: Stripe key names no field of a Stripe customer ({reason}); "
+        f"did you mean {suggestion!r}?"
+    )
+    parse_mappings({"name": "name", suggestion: "target"})
+
+
+def test_unknown_stripe_key_without_a_near_field_has_no_suggestion():
+    with pytest.raises(MappingError) as raised:
+        parse_mappings({"zzzzqq": "target"})
+
+    assert str(raised.value) == (
+        "mappings['zzzzqq']: Stripe key names no field of a Stripe customer "
+        "('zzzzqq' is not one of its fields)"
+    )
+
+
+@pytest.mark.parametrize(
+    "stripe_key",
+    [
+        # Every key below metadata is free: Stripe metadata holds whatever the account put there.
+        "metadata-plan",
+        "metadata-any_key-even.deeper",
+        # Fields of the SDK's Customer type and of its nested types.
+        "id",
+        "business_name",
+        "individual_name",
+        "preferred_locales",
+        "invoice_settings-footer",
+        "tax-location-country",
+        "shipping-carrier",
+        # A resource the customer refers to, one reference deep.
+        "discount-source-coupon",
+        # The CRM's names for address parts, on both addresses.
+        "address-street",
+        "address-zip",
+        "address-state_province",
+        "shipping-address-street",
+        "shipping-address-zip",
+        "shipping-address-state_province",
+    ],
+)
+def test_customer_fields_and_metadata_keys_are_accepted(stripe_key):
+    assert parse_mappings({stripe_key: "target"})[0].stripe_key == stripe_key
+
+
+def test_customer_fields_come_from_the_stripe_sdk_types():
+    """Every field the SDK declares on a customer is a valid key; a hand-kept list would drift."""
+    import stripe
+
+    declared = {
+        name
+        for name, annotation in stripe.Customer.__annotations__.items()
+        if not str(annotation).startswith("typing.ClassVar")
+    }
+
+    assert set(customer_fields()) == declared
+    assert set(customer_fields()["address"]) == {
+        *stripe.Customer.Address.__annotations__,
+        "street",
+        "state_province",
+        "zip",
+    }
+    assert customer_fields()["metadata"] is None
+
+
+def test_demo_mappings_are_valid():
+    assert len(parse_mappings(DEMO_MAPPINGS)) == len(DEMO_MAPPINGS)

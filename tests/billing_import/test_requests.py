@@ -171,6 +171,17 @@ def test_request_pickles():
         ({"max_customers": 2.5}, "max_customers: must be a positive integer, got 2.5"),
         ({"max_customers": True}, "max_customers: must be a positive integer, got True"),
         ({"attempts": -1}, "attempts: must be a non-negative integer, got -1"),
+        ({"mappings": {"adress-city": "address.city"}}, "mappings['adress-city']: Stripe key"),
+        ({"dry_run": "true"}, "dry_run: must be true or false, got 'true'"),
+        ({"keep_in_sync": 1}, "keep_in_sync: must be true or false, got 1"),
+        ({"dry_run": True, "keep_in_sync": True}, "keep_in_sync: a dry run writes nothing"),
+        (
+            {"deletion_policy": "delete"},
+            "deletion_policy: 'delete' is not one of 'keep', 'archive'",
+        ),
+        ({"deletion_policy": "archive"}, "deletion_policy: 'archive' applies to deletions seen"),
+        ({"queued_by": ""}, "queued_by: must be a non-empty string, got ''"),
+        ({"reason": 3}, "reason: must be a non-empty string, got 3"),
     ],
 )
 def test_malformed_requests_name_the_field(changes, message):
@@ -196,3 +207,24 @@ def test_contact_types():
     assert CONTACT_TYPES == {"contacts": "person", "companies": "business"}
     assert IMPORT_SOURCE == "billing-contacts"
     assert issubclass(InvalidImportRequest, ValueError)
+
+
+def test_optional_controls_default_off():
+    request = parse_import_request(seed_request())
+
+    assert request.dry_run is False
+    assert request.keep_in_sync is False
+    assert request.deletion_policy == "keep"
+    assert request.queued_by is None
+    assert request.reason is None
+
+
+def test_optional_controls_are_read():
+    request = parse_import_request(
+        seed_request(keep_in_sync=True, deletion_policy="archive", queued_by="cli", reason="resync")
+    )
+    dry = parse_import_request(seed_request(dry_run=True, deletion_policy="keep"))
+
+    assert (request.keep_in_sync, request.deletion_policy) == (True, "archive")
+    assert (request.queued_by, request.reason) == ("cli", "resync")
+    assert (dry.dry_run, dry.keep_in_sync, dry.deletion_policy) == (True, False, "keep")
