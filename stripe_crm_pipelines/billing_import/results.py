@@ -21,11 +21,13 @@ from pymongo import ReturnDocument
 from stripe_crm_pipelines import store
 from stripe_crm_pipelines.billing_import.requests import CONTACT_TYPES
 from stripe_crm_pipelines.billing_import.upsert import (
+    PREVIEW_SIZE,
     SAMPLE_SIZE,
     BackfillResult,
     BatchResult,
     DuplicateCustomer,
     ImportErrorEntry,
+    SkippedCustomer,
 )
 from stripe_crm_pipelines.resources.stripe import RequestStats
 
@@ -63,6 +65,12 @@ class ImportOutcome:
     importerrors: list[dict[str, Any]] = field(default_factory=list)
     duplicate_customers: list[dict[str, Any]] = field(default_factory=list)
     samples: list[dict[str, Any]] = field(default_factory=list)
+    dry_run: bool = False
+    """Nothing was written: the counts are what the import would have written."""
+    skip_reasons: dict[str, int] = field(default_factory=dict)
+    skipped_customers: list[dict[str, Any]] = field(default_factory=list)
+    preview: list[dict[str, Any]] = field(default_factory=list)
+    """Dry runs: the first planned changes (see ``upsert.PlannedChange.preview``)."""
 
     def add_backfill(self, backfill: BackfillResult) -> None:
         self.email_keys_backfilled += backfill.updated
@@ -77,6 +85,15 @@ class ImportOutcome:
         self.add_errors(batch.errors)
         self.add_duplicates(batch.duplicates)
         self.samples.extend(batch.samples[: SAMPLE_SIZE - len(self.samples)])
+        self.add_skips(batch.skip_reasons, batch.skipped_customers)
+        if self.dry_run:
+            self.preview.extend(batch.preview[: PREVIEW_SIZE - len(self.preview)])
+
+    def add_skips(self, reasons: dict[str, int], skipped: list[SkippedCustomer]) -> None:
+        for reason, count in reasons.items():
+            self.skip_reasons[reason] = self.skip_reasons.get(reason, 0) + count
+        room = MAX_LISTED - len(self.skipped_customers)
+        self.skipped_customers.extend(item.as_document() for item in skipped[:room])
 
     def add_errors(self, errors: list[ImportErrorEntry]) -> None:
         self.import_errors_count += len(errors)
@@ -159,6 +176,9 @@ def result_document(
         "account_id": outcome.account_id,
         "importerrors": list(outcome.importerrors),
         "duplicate_customers": list(outcome.duplicate_customers),
+        "skip_reasons": dict(outcome.skip_reasons),
+        "skipped_customers": list(outcome.skipped_customers),
+        "dry_run": outcome.dry_run,
         "email_keys_backfilled": outcome.email_keys_backfilled,
         "email_key_conflicts": outcome.email_key_conflicts,
         "max_customers": outcome.max_customers,
@@ -171,6 +191,8 @@ def result_document(
         "started_at": outcome.started_at,
         "finished_at": outcome.finished_at,
     }
+    if outcome.dry_run:
+        document["preview"] = list(outcome.preview)
     if error is not None:
         document["error"] = error
     return document
@@ -260,9 +282,52 @@ def run_metadata(outcome: ImportOutcome) -> dict[str, Any]:
         metadata["first_duplicates"] = MetadataValue.json(
             outcome.duplicate_customers[:METADATA_ERROR_ROWS]
         )
+    if outcome.skip_reasons:
+        metadata["skip_reasons"] = MetadataValue.json(outcome.skip_reasons)
+    if outcome.dry_run:
+        metadata["dry_run"] = MetadataValue.bool(True)
+        metadata["preview"] = preview_table(outcome.preview)
     if outcome.samples:
         metadata["sample_contacts"] = MetadataValue.json(_json_safe(outcome.samples))
     return metadata
+
+
+def preview_table(preview: list[dict[str, Any]]) -> MetadataValue:
+    """A dry run's planned changes as a table: one row per customer, changes as text."""
+    return MetadataValue.table(
+        records=[
+            TableRecord(
+                {
+                    "stripe_customer_id": entry["stripe_customer_id"] or "",
+                    "email": entry["email"] or "",
+                    "action": entry["action"],
+                    "changes": _describe_changes(entry),
+                }
+            )
+            for entry in preview
+        ],
+        schema=TableSchema(
+            columns=[
+                TableColumn("stripe_customer_id", "string"),
+                TableColumn("email", "string"),
+                TableColumn("action", "string"),
+                TableColumn("changes", "string"),
+            ]
+        ),
+    )
+
+
+def _describe_changes(entry: dict[str, Any]) -> str:
+    if entry["action"] == "skip":
+        return f"skipped: {entry.get('reason', '')}"
+    return "; ".join(
+        f"{name}: {_shown(before)} → {_shown(after)}"
+        for name, (before, after) in entry["changes"].items()
+    )
+
+
+def _shown(value: Any) -> str:
+    return "∅" if value is None else json.dumps(_json_safe(value), ensure_ascii=False)
 
 
 def _json_safe(value: Any) -> Any:

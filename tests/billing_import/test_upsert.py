@@ -173,7 +173,7 @@ def test_other_accounts_and_the_other_type_are_never_touched(contacts):
         {"parent_account": ObjectId(), "type": "person", "email": "a@example.com",
          "email_key": "a@example.com", "name": "other account"},
         {"parent_account": target.account_id, "type": "business", "email": "a@example.com",
-         "email_key": "a@example.com", "stripe_customer_id": "cus_a", "name": "other type"},
+         "email_key": "a@example.com", "stripe_customer_id": "cus_other", "name": "other type"},
     ]  # fmt: skip
     contacts.insert_many([dict(doc) for doc in untouched])
 
@@ -192,6 +192,58 @@ def test_other_accounts_and_the_other_type_are_never_touched(contacts):
     assert contacts.count_documents(target.scope()) == 1
 
 
+@pytest.mark.parametrize("new_contact", [True, False])
+def test_a_customer_linked_to_a_contact_of_the_other_type_is_skipped_with_the_reason(
+    contacts, new_contact
+):
+    target = make_target(mappings={"name": "name"}, new_contact=new_contact)
+    # A payment link for a business contact created its Stripe customer.
+    business = contacts.insert_one(
+        {"parent_account": target.account_id, "type": "business", "name": "Demo Client LLC",
+         "email": "billing@client.com", "email_key": "billing@client.com",
+         "stripe_customer_id": "cus_X"}
+    ).inserted_id  # fmt: skip
+    before = contacts.find_one({"_id": business})
+    counting = CountingCollection(contacts)
+
+    result = upsert_customers(
+        counting,
+        [customer("cus_X", "billing@client.com", name="Demo"), customer("cus_Y", "y@x.com")],
+        target,
+        SeenCustomers(),
+    )
+
+    assert counting.calls == ["find", "bulk_write"] if new_contact else ["find"]
+    assert (result.added, result.updated, result.skipped) == (int(new_contact), 0, 2 - new_contact)
+    reason = "already linked to a business contact of the account"
+    assert result.skip_reasons[reason] == 1
+    assert result.skipped_customers[0].as_document() == {
+        "stripe_customer_id": "cus_X",
+        "email": "billing@client.com",
+        "reason": reason,
+        "contact_id": business,
+    }
+    assert contacts.count_documents({"stripe_customer_id": "cus_X"}) == 1
+    assert contacts.find_one({"_id": business}) == before
+
+
+def test_a_customer_linked_to_the_other_type_still_updates_its_own_match(contacts):
+    target = make_target(mappings={"name": "name"})
+    contacts.insert_one(
+        {"parent_account": target.account_id, "type": "business", "stripe_customer_id": "cus_X"}
+    )
+    person = contacts.insert_one(
+        {**target.scope(), "email": "p@x.com", "email_key": "p@x.com", "name": "P"}
+    ).inserted_id
+
+    result = upsert_customers(
+        contacts, [customer("cus_X", "p@x.com", name="Pat")], target, SeenCustomers()
+    )
+
+    assert (result.updated, result.skipped) == (1, 0)
+    assert contacts.find_one({"_id": person})["name"] == "Pat"
+
+
 def test_update_only_imports_skip_customers_without_a_contact(contacts):
     target = make_target(new_contact=False)
     contacts.insert_one({**target.scope(), "email": "a@example.com", "email_key": "a@example.com"})
@@ -204,6 +256,7 @@ def test_update_only_imports_skip_customers_without_a_contact(contacts):
     )
 
     assert (result.added, result.updated, result.skipped) == (0, 1, 1)
+    assert result.skip_reasons == {"no matching contact and new_contact is false": 1}
     assert contacts.count_documents({}) == 1
 
 
