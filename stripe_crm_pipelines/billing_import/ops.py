@@ -210,7 +210,7 @@ def claim_import_request(
         f"Claimed import {import_id} (attempt {request.attempts}): {request.import_type} → "
         f"{request.contact_type} contacts of account {request.account_id}, "
         f"{len(request.mappings)} mapped field(s), new_contact={request.new_contact}, "
-        f"at most {max_customers} customers"
+        f"at most {max_customers} customers{', dry run: no writes' if request.dry_run else ''}"
     )
     return ClaimedImport(
         import_id=str(import_id),
@@ -358,17 +358,18 @@ def record_import_result(
             f"Import request {import_id} is no longer claimed by this run; left unchanged"
         )
     counts = {name: MetadataValue.int(value) for name, value in outcome.counts().items()}
-    context.log_event(
-        AssetMaterialization(
-            asset_key=["crm_contacts", outcome.account_id],
-            description=f"Stripe {outcome.contact_type} import {outcome.import_id}",
-            metadata={
-                **counts,
-                "import_id": MetadataValue.text(outcome.import_id),
-                "result_id": MetadataValue.text(str(result_id)),
-            },
+    if not outcome.dry_run:  # a dry run changed no contact
+        context.log_event(
+            AssetMaterialization(
+                asset_key=["crm_contacts", outcome.account_id],
+                description=f"Stripe {outcome.contact_type} import {outcome.import_id}",
+                metadata={
+                    **counts,
+                    "import_id": MetadataValue.text(outcome.import_id),
+                    "result_id": MetadataValue.text(str(result_id)),
+                },
+            )
         )
-    )
     context.log.info(f"Import {import_id} completed; result {result_id}")
     context.add_output_metadata(
         {"result_id": MetadataValue.text(str(result_id)), **run_metadata(outcome)}
@@ -428,8 +429,13 @@ def _sync_pages(
         user_id=request.user_id,
         new_contact=request.new_contact,
         mappings=request.mappings,
+        dry_run=request.dry_run,
+        import_id=request.id,
     )
+    change_log = db[store.IMPORT_CHANGES]
     seen = SeenCustomers()
+    # A dry run writes no email key; it keeps the would-be keys in ``seen``, on every attempt.
+    dry_backfill = backfill_email_keys(contacts, target, seen) if request.dry_run else None
     limit = outcome.max_customers or DEFAULT_MAX_CUSTOMERS
     if checkpoint is None:
         created_lte, cursor = int(time.time()), None
@@ -449,7 +455,7 @@ def _sync_pages(
         settings=settings,
     ) as batches:
         if checkpoint is None:
-            outcome.add_backfill(backfill_email_keys(contacts, target))
+            outcome.add_backfill(dry_backfill or backfill_email_keys(contacts, target))
             if outcome.email_keys_backfilled or outcome.email_key_conflicts:
                 context.log.info(
                     f"Gave {outcome.email_keys_backfilled} existing contact(s) a normalised "
@@ -458,7 +464,8 @@ def _sync_pages(
                 )
         for batch in batches:
             outcome.add_page(
-                len(batch.customers), upsert_customers(contacts, batch.customers, target, seen)
+                len(batch.customers),
+                upsert_customers(contacts, batch.customers, target, seen, change_log),
             )
             outcome.pages_fetched += batch.pages - 1  # add_page counts one; a batch may span more
             finished = not batch.has_more or outcome.customers_fetched >= limit
@@ -572,6 +579,7 @@ def _new_outcome(request: ImportRequest, started_at: datetime) -> ImportOutcome:
         user_id=str(request.user_id),
         contact_type=request.contact_type,
         started_at=started_at,
+        dry_run=request.dry_run,
     )
 
 

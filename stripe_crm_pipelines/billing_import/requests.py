@@ -38,6 +38,7 @@ class ImportRequest:
     max_customers: int | None
     attempts: int
     checkpoint: dict[str, Any] | None
+    dry_run: bool = False
 
 
 def parse_import_request(document: Mapping[str, Any]) -> ImportRequest:
@@ -76,6 +77,7 @@ def parse_import_request(document: Mapping[str, Any]) -> ImportRequest:
         max_customers=_integer(document, "max_customers", minimum=1),
         attempts=_integer(document, "attempts", minimum=0) or 0,
         checkpoint=None if checkpoint is None else dict(checkpoint),
+        dry_run=_flag(document, "dry_run"),
     )
 
 
@@ -99,6 +101,16 @@ def _new_contact(value: object) -> bool:
         return False
     if not isinstance(value, bool):
         raise InvalidImportRequest(f"new_contact: must be true or false, got {value!r}")
+    return value
+
+
+def _flag(document: Mapping[str, Any], name: str) -> bool:
+    """An optional true/false field of the request; missing is false."""
+    value = document.get(name)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise InvalidImportRequest(f"{name}: must be true or false, got {value!r}")
     return value
 
 
