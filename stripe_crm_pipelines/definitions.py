@@ -3,6 +3,7 @@
 from dagster import Definitions
 
 from stripe_crm_pipelines.billing_import.job import billing_contact_import
+from stripe_crm_pipelines.billing_import.revert_job import revert_billing_import
 from stripe_crm_pipelines.billing_import.sensor import (
     billing_import_cancel_sensor,
     billing_import_failure_sensor,
@@ -14,7 +15,7 @@ from stripe_crm_pipelines.resources.crm_api import CrmApiResource
 from stripe_crm_pipelines.resources.shortener import ShortenerResource
 
 defs = Definitions(
-    jobs=[billing_contact_import, create_payment_link],
+    jobs=[billing_contact_import, revert_billing_import, create_payment_link],
     sensors=[billing_import_sensor, billing_import_failure_sensor, billing_import_cancel_sensor],
     resources={
         "mongo": MongoResource(),
