@@ -541,16 +541,17 @@ def backfill_email_keys(
     )
     updated = conflicts = 0
     batch: list[UpdateOne] = []
+    would_key = seen.unkeyed if seen is not None else {}
     for contact in cursor:
         email_key = normalize_email(contact["email"])
         if email_key is None:
             continue
         if target.dry_run:
-            if seen is None or email_key in seen.unkeyed:
-                conflicts += seen is not None
-                continue
-            seen.unkeyed[email_key] = {**contact, "email_key": email_key}
-            updated += 1
+            if email_key in would_key:
+                conflicts += 1
+            else:
+                would_key[email_key] = {**contact, "email_key": email_key}
+                updated += 1
             continue
         batch.append(
             UpdateOne({"_id": contact["_id"], **target.scope()}, {"$set": {"email_key": email_key}})
