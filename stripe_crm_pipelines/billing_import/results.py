@@ -160,6 +160,7 @@ def outcome_of_document(document: dict[str, Any]) -> ImportOutcome:
         if isinstance(import_type, str)
         else str(import_type),
         started_at=datetime.now(UTC),
+        dry_run=document.get("dry_run") is True,
     )
 
 

@@ -109,3 +109,12 @@ def test_the_real_run_after_a_dry_run_does_what_the_preview_said(
         contact = db[store.CONTACTS].find_one({"stripe_customer_id": entry["stripe_customer_id"]})
         for field, (_, after) in entry["changes"].items():
             assert contact[field] == after
+
+
+def test_a_failed_dry_run_is_recorded_as_a_dry_run(db, mongo_uri, stripe_sandbox, instance):
+    import_id = add_request(db, add_account(db), mappings={"name": "owner"}, dry_run=True)
+
+    assert not run_import(mongo_uri, stripe_sandbox, import_id, instance).success
+
+    document = import_result(db, import_id)
+    assert (document["status"], document["dry_run"]) == ("failed", True)
