@@ -173,27 +173,30 @@ _PLAIN_TYPES = (str, ObjectId, bool)
 
 def _matching(query: dict[str, Any], candidates: list[dict[str, Any]]):
     """The candidates ``query`` matches. Queries of the import's shape (equality on plain values
-    and an ``$or`` of string equalities or ``$in`` lists) are evaluated here, much faster than
-    mongomock's ``$in``; anything else, or a document holding arrays, goes to mongomock."""
+    and an ``$or`` of branches of string equalities or ``$in`` lists) are evaluated here, much
+    faster than mongomock's ``$in``; anything else, or a document holding arrays, goes to
+    mongomock."""
     plain: list[tuple[str, Any]] = []
-    alternatives: list[tuple[str, frozenset[str]]] | None = None
+    alternatives: list[list[tuple[str, frozenset[str]]]] | None = None
     for key, condition in query.items():
         if key == "$or" and isinstance(condition, list):
             alternatives = []
             for branch in condition:
-                if not (isinstance(branch, dict) and len(branch) == 1):
+                if not (isinstance(branch, dict) and branch):
                     return (d for d in candidates if filter_applies(query, d))
-                ((name, value),) = branch.items()
-                if isinstance(value, str):
-                    alternatives.append((name, frozenset([value])))
-                elif (
-                    isinstance(value, dict)
-                    and list(value) == ["$in"]
-                    and all(isinstance(item, str) for item in value["$in"])
-                ):
-                    alternatives.append((name, frozenset(value["$in"])))
-                else:
-                    return (d for d in candidates if filter_applies(query, d))
+                conditions: list[tuple[str, frozenset[str]]] = []
+                for name, value in branch.items():
+                    if isinstance(value, str):
+                        conditions.append((name, frozenset([value])))
+                    elif (
+                        isinstance(value, dict)
+                        and list(value) == ["$in"]
+                        and all(isinstance(item, str) for item in value["$in"])
+                    ):
+                        conditions.append((name, frozenset(value["$in"])))
+                    else:
+                        return (d for d in candidates if filter_applies(query, d))
+                alternatives.append(conditions)
         elif key.startswith("$") or "." in key or not isinstance(condition, _PLAIN_TYPES):
             return (d for d in candidates if filter_applies(query, d))
         else:
@@ -208,11 +211,14 @@ def _matching(query: dict[str, Any], candidates: list[dict[str, Any]]):
                 return False
         if alternatives is None:
             return True
-        for name, values in alternatives:
-            actual = document.get(name, _MISSING)
-            if isinstance(actual, list | dict):
-                return filter_applies(query, document)
-            if isinstance(actual, str) and actual in values:
+        for conditions in alternatives:
+            for name, values in conditions:
+                actual = document.get(name, _MISSING)
+                if isinstance(actual, list | dict):
+                    return filter_applies(query, document)
+                if not (isinstance(actual, str) and actual in values):
+                    break
+            else:
                 return True
         return False
 

@@ -17,6 +17,7 @@ from dagster import BetaWarning, Definitions, EnvVar
 
 from stripe_crm_pipelines.billing_import.job import billing_contact_import
 from stripe_crm_pipelines.billing_import.queue_job import queue_billing_import
+from stripe_crm_pipelines.billing_import.revert_job import revert_billing_import
 from stripe_crm_pipelines.billing_import.sensor import (
     billing_import_cancel_sensor,
     billing_import_failure_sensor,
@@ -79,7 +80,12 @@ warnings.filterwarnings(
 )
 
 defs = Definitions(
-    jobs=[billing_contact_import, queue_billing_import, create_payment_link],
+    jobs=[
+        billing_contact_import,
+        queue_billing_import,
+        revert_billing_import,
+        create_payment_link,
+    ],
     sensors=[billing_import_sensor, billing_import_failure_sensor, billing_import_cancel_sensor],
     resources=RESOURCES_BY_ENVIRONMENT[environment()],
 )

@@ -19,10 +19,10 @@ from collections.abc import Sequence
 import pymongo.errors
 
 from stripe_crm_pipelines import cli_store, store
+from stripe_crm_pipelines.billing_import import queue
 from stripe_crm_pipelines.billing_import.new_requests import (
     QUEUED_BY_CLI,
     build_import_request,
-    insert_import_request,
 )
 from stripe_crm_pipelines.billing_import.requests import (
     CONTACT_TYPES,
@@ -150,7 +150,7 @@ def queue_import(args: argparse.Namespace) -> int:
             max_customers=args.max_customers,
             user_id=args.user,
         )
-        import_id = insert_import_request(db, document)
+        import_id = queue.enqueue(db, document)
     except InvalidImportRequest as error:
         print(f"error: not queued: {error}", file=sys.stderr)
         return 2

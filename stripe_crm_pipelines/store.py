@@ -35,6 +35,7 @@ STRIPE_KEYS = "stripe_key"
 ACCOUNTS = "_accounts"
 CONTACTS = "contacts"
 IMPORT_RESULTS = "contact_import_results"
+IMPORT_CHANGES = "contact_import_changes"
 PAYMENT_LINKS = "payment_links"
 
 DEFAULT_DATABASE = "crm"
@@ -260,6 +261,9 @@ def ensure_indexes(db) -> None:
             IndexModel([("account_id", ASCENDING), ("started_at", DESCENDING)], name="by_account"),
             IndexModel([("import_id", ASCENDING)], name="by_import"),
         ]
+    )
+    db[IMPORT_CHANGES].create_indexes(
+        [IndexModel([("import_id", ASCENDING), ("_id", ASCENDING)], name="by_import")]
     )
     db[PAYMENT_LINKS].create_indexes(
         [IndexModel([("account_id", ASCENDING), ("contact_id", ASCENDING)], name="by_contact")]

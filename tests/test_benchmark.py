@@ -50,3 +50,26 @@ def test_the_benchmark_runs_the_import_and_the_seed_algorithm_on_the_same_data()
     assert len(targets) == 5
     assert any("the rate-limit bound caps any import at" in line for line in targets)
     assert lines[-1].startswith("summary: 250 customers imported in ")
+
+
+def test_the_benchmark_store_matches_the_import_lookup_as_mongomock_does(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from memory_store import _matching
+    from mongomock.filtering import filter_applies
+
+    documents = [
+        {"type": "person", "email_key": "a@x.com"},
+        {"type": "business", "email_key": "a@x.com"},
+        {"type": "business", "stripe_customer_id": "cus_1"},
+        {"type": "person", "stripe_customer_id": "cus_2"},
+    ]
+    query = {
+        "$or": [
+            {"stripe_customer_id": {"$in": ["cus_1"]}},
+            {"type": "person", "email_key": {"$in": ["a@x.com"]}},
+        ]
+    }
+
+    fast = list(_matching(query, documents))
+
+    assert fast == [d for d in documents if filter_applies(query, d)] == documents[::2]

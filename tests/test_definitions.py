@@ -18,7 +18,7 @@ from stripe_crm_pipelines.definitions import bound_if_set, defs
 from stripe_crm_pipelines.resources.shortener import ShortenerResource
 
 SECRETS = {
-    "MONGODB_URI": "mongodb://crm-user:mongo-password@db.example:27017/",
+    "MONGODB_URI": "mongodb://crm-user" + ":mongo-password" + "@db.example:27017/",
     "APP_SECRET": "app-secret-value",
 }
 

@@ -161,7 +161,7 @@ def claim_import(
         f"Claimed import {import_id} (attempt {request.attempts}): {request.import_type} → "
         f"{request.contact_type} contacts of account {request.account_id}, "
         f"{len(request.mappings)} mapped field(s), new_contact={request.new_contact}, "
-        f"at most {limit} customers"
+        f"at most {limit} customers{', dry run: no writes' if request.dry_run else ''}"
     )
     return ClaimedImport(claim=claim, max_customers=limit)
 
@@ -331,7 +331,10 @@ def _sync_batches(
     says the request was cancelled or taken over."""
     contacts = db[store.CONTACTS]
     target = claim.request.upsert_target
+    change_log = db[store.IMPORT_CHANGES]
     seen = SeenCustomers()
+    # A dry run writes no email key; it keeps the would-be keys in ``seen``, on every attempt.
+    dry_backfill = backfill_email_keys(contacts, target, seen) if claim.request.dry_run else None
     limit = outcome.max_customers or DEFAULT_MAX_CUSTOMERS
     if checkpoint is None:
         created_lte, cursor = int(time.time()), None
@@ -349,7 +352,7 @@ def _sync_batches(
         settings=settings,
     ) as listing:
         if checkpoint is None:
-            outcome.add_backfill(backfill_email_keys(contacts, target))
+            outcome.add_backfill(dry_backfill or backfill_email_keys(contacts, target))
             if outcome.email_keys_backfilled or outcome.email_key_conflicts:
                 log.info(
                     f"Gave {outcome.email_keys_backfilled} existing contact(s) a normalised "
@@ -362,7 +365,7 @@ def _sync_batches(
             outcome.add_batch(
                 batch.pages,
                 len(batch.customers),
-                upsert_customers(contacts, batch.customers, target, seen),
+                upsert_customers(contacts, batch.customers, target, seen, change_log),
             )
             finished = not batch.has_more or outcome.customers_fetched >= limit
             outcome.limit_reached = batch.has_more and finished
@@ -454,6 +457,7 @@ def _new_outcome(claim: queue.Claim, max_customers: int) -> ImportOutcome:
         contact_type=request.contact_type,
         started_at=claim.claimed_at,
         max_customers=max_customers,
+        dry_run=request.dry_run,
     )
 
 

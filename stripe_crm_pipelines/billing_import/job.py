@@ -30,8 +30,10 @@ def billing_contact_import():
     * ``sync_customers`` does the work as a stream: pages of 100 customers, fetched in
       concurrent ``created`` windows under a per-key rate limit and handed over in listing
       order, are mapped, matched against the account's contacts with one query per batch and
-      written with one unordered bulk write per batch, and counts and cursor are checkpointed
-      on the request after each batch. No
+      written with one unordered bulk write per batch (its changes logged in
+      ``contact_import_changes`` just before, for ``revert_billing_import``; a dry run writes
+      nothing and keeps a preview), and counts and cursor are checkpointed on the request after
+      each batch. No
       customer list ever leaves the op: Dagster pickles op outputs to storage, so the output is
       the small :class:`~stripe_crm_pipelines.billing_import.results.ImportOutcome` (counts, the
       first errors, a sample). The op loads the Stripe key itself and retries transient failures

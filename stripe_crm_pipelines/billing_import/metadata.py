@@ -62,6 +62,11 @@ def run_metadata(outcome: ImportOutcome) -> dict[str, Any]:
         metadata["first_duplicates"] = MetadataValue.json(
             outcome.duplicate_customers[:METADATA_ERROR_ROWS]
         )
+    if outcome.skip_reasons:
+        metadata["skip_reasons"] = MetadataValue.json(outcome.skip_reasons)
+    if outcome.dry_run:
+        metadata["dry_run"] = MetadataValue.bool(True)
+        metadata["preview"] = preview_table(outcome.preview)
     if outcome.samples:
         metadata["sample_contacts"] = MetadataValue.json(_json_safe(outcome.samples))
     return metadata
@@ -91,6 +96,44 @@ def contacts_materialization(outcome: ImportOutcome, result_id: ObjectId) -> Ass
             "result_id": MetadataValue.text(str(result_id)),
         },
     )
+
+
+def preview_table(preview: list[dict[str, Any]]) -> MetadataValue:
+    """A dry run's planned changes as a table: one row per customer, changes as text."""
+    return MetadataValue.table(
+        records=[
+            TableRecord(
+                {
+                    "stripe_customer_id": entry["stripe_customer_id"] or "",
+                    "email": entry["email"] or "",
+                    "action": entry["action"],
+                    "changes": _describe_changes(entry),
+                }
+            )
+            for entry in preview
+        ],
+        schema=TableSchema(
+            columns=[
+                TableColumn("stripe_customer_id", "string"),
+                TableColumn("email", "string"),
+                TableColumn("action", "string"),
+                TableColumn("changes", "string"),
+            ]
+        ),
+    )
+
+
+def _describe_changes(entry: dict[str, Any]) -> str:
+    if entry["action"] == "skip":
+        return f"skipped: {entry.get('reason', '')}"
+    return "; ".join(
+        f"{name}: {_shown(before)} → {_shown(after)}"
+        for name, (before, after) in entry["changes"].items()
+    )
+
+
+def _shown(value: Any) -> str:
+    return "∅" if value is None else json.dumps(_json_safe(value), ensure_ascii=False)
 
 
 def _json_safe(value: Any) -> Any:

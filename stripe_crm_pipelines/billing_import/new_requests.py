@@ -103,11 +103,6 @@ def build_import_request(
     return document
 
 
-def insert_import_request(db, document: Mapping[str, Any]) -> ObjectId:
-    """Insert a document from :func:`build_import_request`; returns its id."""
-    return db[store.QUEUES].insert_one(dict(document)).inserted_id
-
-
 def _account(db, account_id: ObjectId) -> Mapping[str, Any]:
     account = db[store.ACCOUNTS].find_one({"_id": account_id})
     if account is None:

@@ -203,7 +203,8 @@ def record_import_result(
         context.log.warning(
             f"Import request {import_id} is no longer claimed by this run; left unchanged"
         )
-    context.log_event(contacts_materialization(outcome, result_id))
+    if not outcome.dry_run:  # a dry run changed no contact
+        context.log_event(contacts_materialization(outcome, result_id))
     context.log.info(f"Import {import_id} completed; result {result_id}")
     context.add_output_metadata(
         {"result_id": MetadataValue.text(str(result_id)), **run_metadata(outcome)}

@@ -317,6 +317,19 @@ def cancel(
     return close(db, import_id, run_id, outcome, status=CANCELLED, message=message)
 
 
+def enqueue(db, document: Mapping[str, Any]) -> ObjectId:
+    """Insert a pending request built by :mod:`~stripe_crm_pipelines.billing_import.new_requests`
+    (queued by a person, as the CRM would); returns its id."""
+    return db[store.QUEUES].insert_one(dict(document)).inserted_id
+
+
+def mark_reverted(db, import_id: ObjectId, at: datetime, result_id: ObjectId) -> None:
+    """Stamp a completed request as reverted by ``result_id`` (it stays, for audit)."""
+    db[store.QUEUES].update_one(
+        {"_id": import_id}, {"$set": {"reverted_at": at, "revert_result_id": result_id}}
+    )
+
+
 def requeue(db, import_id: ObjectId, run_id: str, cause: str, now: datetime) -> bool:
     """Put a request a dead run held back to pending for another run; its checkpoint becomes
     ``resume_from``. False (nothing changed) if ``run_id`` no longer holds it."""
@@ -374,6 +387,7 @@ def outcome_so_far(document: Mapping[str, Any]) -> ImportOutcome:
         if isinstance(import_type, str)
         else str(import_type),
         started_at=datetime.now(UTC),
+        dry_run=document.get("dry_run") is True,
     )
 
 

@@ -10,10 +10,10 @@ from typing import Literal
 from dagster import Config, Failure, MetadataValue, OpExecutionContext, in_process_executor, job, op
 from pydantic import Field
 
+from stripe_crm_pipelines.billing_import import queue
 from stripe_crm_pipelines.billing_import.new_requests import (
     QUEUED_BY_LAUNCHPAD,
     build_import_request,
-    insert_import_request,
 )
 from stripe_crm_pipelines.billing_import.requests import InvalidImportRequest
 from stripe_crm_pipelines.resources import MongoResource
@@ -92,7 +92,7 @@ def queue_import_request(
         )
     except InvalidImportRequest as error:
         raise Failure(description=f"Not queued: {error}", allow_retries=False) from None
-    import_id = str(insert_import_request(db, document))
+    import_id = str(queue.enqueue(db, document))
     context.log.info(
         f"Queued import {import_id} of account {config.account_id}; billing_import_sensor "
         "launches it within 30 s"

@@ -60,6 +60,8 @@ class ImportRequest:
             user_id=self.user_id,
             new_contact=self.new_contact,
             mappings=self.mappings,
+            dry_run=self.dry_run,
+            import_id=self.id,
         )
 
 
@@ -136,6 +138,7 @@ def _new_contact(value: object) -> bool:
 
 
 def _flag(document: Mapping[str, Any], name: str) -> bool:
+    """An optional true/false field of the request; missing is false."""
     value = document.get(name)
     if value is None:
         return False

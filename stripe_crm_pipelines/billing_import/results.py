@@ -18,11 +18,13 @@ from pymongo import ReturnDocument
 
 from stripe_crm_pipelines import store
 from stripe_crm_pipelines.billing_import.upsert import (
+    PREVIEW_SIZE,
     SAMPLE_SIZE,
     BackfillResult,
     BatchResult,
     DuplicateCustomer,
     ImportErrorEntry,
+    SkippedCustomer,
 )
 
 if TYPE_CHECKING:
@@ -66,6 +68,12 @@ class ImportOutcome:
     importerrors: list[dict[str, Any]] = field(default_factory=list)
     duplicate_customers: list[dict[str, Any]] = field(default_factory=list)
     samples: list[dict[str, Any]] = field(default_factory=list)
+    dry_run: bool = False
+    """Nothing was written: the counts are what the import would have written."""
+    skip_reasons: dict[str, int] = field(default_factory=dict)
+    skipped_customers: list[dict[str, Any]] = field(default_factory=list)
+    preview: list[dict[str, Any]] = field(default_factory=list)
+    """Dry runs: the first planned changes (see ``upsert.PlannedChange.preview``)."""
 
     def add_backfill(self, backfill: BackfillResult) -> None:
         self.email_keys_backfilled += backfill.updated
@@ -81,6 +89,15 @@ class ImportOutcome:
         self.add_errors(batch.errors)
         self.add_duplicates(batch.duplicates)
         self.samples.extend(batch.samples[: SAMPLE_SIZE - len(self.samples)])
+        self.add_skips(batch.skip_reasons, batch.skipped_customers)
+        if self.dry_run:
+            self.preview.extend(batch.preview[: PREVIEW_SIZE - len(self.preview)])
+
+    def add_skips(self, reasons: dict[str, int], skipped: list[SkippedCustomer]) -> None:
+        for reason, count in reasons.items():
+            self.skip_reasons[reason] = self.skip_reasons.get(reason, 0) + count
+        room = MAX_LISTED - len(self.skipped_customers)
+        self.skipped_customers.extend(item.as_document() for item in skipped[:room])
 
     def add_errors(self, errors: list[ImportErrorEntry]) -> None:
         self.import_errors_count += len(errors)
@@ -143,6 +160,9 @@ def result_document(
         "account_id": outcome.account_id,
         "importerrors": list(outcome.importerrors),
         "duplicate_customers": list(outcome.duplicate_customers),
+        "skip_reasons": dict(outcome.skip_reasons),
+        "skipped_customers": list(outcome.skipped_customers),
+        "dry_run": outcome.dry_run,
         "email_keys_backfilled": outcome.email_keys_backfilled,
         "email_key_conflicts": outcome.email_key_conflicts,
         "max_customers": outcome.max_customers,
@@ -156,6 +176,8 @@ def result_document(
         "started_at": outcome.started_at,
         "finished_at": outcome.finished_at,
     }
+    if outcome.dry_run:
+        document["preview"] = list(outcome.preview)
     if error is not None:
         document["error"] = error
     return document

@@ -190,7 +190,7 @@ def test_contacts_of_another_account_and_of_the_other_type_are_untouched(
     others = [
         {"parent_account": ObjectId(), "type": "person", "email": "a@example.com", "name": "X"},
         {"parent_account": account_id, "type": "business", "email": "A@example.com",
-         "stripe_customer_id": "cus_1", "name": "Y"},
+         "stripe_customer_id": "cus_other", "name": "Y"},
     ]  # fmt: skip
     contacts.insert_many(others)
     snapshot = list(contacts.find({}))
@@ -200,6 +200,38 @@ def test_contacts_of_another_account_and_of_the_other_type_are_untouched(
 
     assert [contacts.find_one({"_id": doc["_id"]}) for doc in snapshot] == snapshot
     assert contacts.count_documents({"parent_account": account_id, "type": "person"}) == 1
+
+
+def test_a_customer_linked_to_a_business_contact_is_not_created_again_as_a_person(
+    db, contacts, mongo_uri, sandbox, instance
+):
+    sandbox.state.add_customer(
+        CONNECTED_ACCOUNT, id="cus_X", email="billing@client.com", name="Demo Client LLC"
+    )
+    sandbox.state.add_customer(CONNECTED_ACCOUNT, id="cus_new", email="new@example.com")
+    account_id = add_account(db)
+    # The Stripe customer a payment link created for the business contact.
+    business = contacts.insert_one(
+        {"parent_account": account_id, "type": "business", "name": "Demo Client LLC",
+         "email": "billing@client.com", "stripe_customer_id": "cus_X"}
+    ).inserted_id  # fmt: skip
+    import_id = add_request(db, account_id, mappings={"name": "name"}, new_contact=True)
+
+    result = run_import(mongo_uri, sandbox, import_id, instance)
+
+    assert result.success
+    assert contacts.count_documents({"stripe_customer_id": "cus_X"}) == 1
+    assert contacts.count_documents({"parent_account": account_id, "type": "person"}) == 1
+    document = import_result(db, import_id)
+    reason = "already linked to a business contact of the account"
+    assert (document["records_added"], document["records_skipped"]) == (1, 1)
+    assert document["skip_reasons"] == {reason: 1}
+    assert document["skipped_customers"] == [
+        {"stripe_customer_id": "cus_X", "email": "billing@client.com", "reason": reason,
+         "contact_id": business}
+    ]  # fmt: skip
+    metadata = op_metadata(result, "sync_customers")
+    assert (metadata["records_skipped"], metadata["skip_reasons"]) == (1, {reason: 1})
 
 
 def test_customers_without_email_are_keyed_by_stripe_id_and_not_duplicated_on_rerun(

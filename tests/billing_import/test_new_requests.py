@@ -8,9 +8,9 @@ import pytest
 from bson import ObjectId
 
 from stripe_crm_pipelines import store
+from stripe_crm_pipelines.billing_import import queue
 from stripe_crm_pipelines.billing_import.new_requests import (
     build_import_request,
-    insert_import_request,
 )
 from stripe_crm_pipelines.billing_import.requests import (
     InvalidImportRequest,
@@ -38,7 +38,7 @@ def test_a_queued_request_is_what_the_crm_writes_plus_the_controls(db):
         max_customers=100,
         user_id=str(USER),
     )
-    import_id = insert_import_request(db, document)
+    import_id = queue.enqueue(db, document)
 
     stored = db[store.QUEUES].find_one({"_id": import_id})
     assert stored == {

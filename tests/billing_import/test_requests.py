@@ -123,6 +123,12 @@ def test_new_contact_false_and_missing():
     assert parse_import_request(seed_request(new_contact=None)).new_contact is False
 
 
+def test_dry_run_is_read_and_false_when_missing():
+    assert parse_import_request(seed_request(dry_run=True)).dry_run is True
+    assert parse_import_request(seed_request(dry_run=False)).dry_run is False
+    assert parse_import_request(seed_request()).dry_run is False
+
+
 def test_request_pickles():
     request = parse_import_request(seed_request())
 
@@ -165,6 +171,7 @@ def test_request_pickles():
         ),
         ({"new_contact": "yes"}, "new_contact: must be true or false, got 'yes'"),
         ({"new_contact": 1}, "new_contact: must be true or false, got 1"),
+        ({"dry_run": "true"}, "dry_run: must be true or false, got 'true'"),
         ({"max_customers": 0}, "max_customers: must be a positive integer, got 0"),
         ({"max_customers": -5}, "max_customers: must be a positive integer, got -5"),
         ({"max_customers": "10"}, "max_customers: must be a positive integer, got '10'"),

@@ -106,8 +106,10 @@ def test_bug_4_contacts_are_written_in_bulk_not_one_by_one(
     )
     import_id = add_request(db, account_id, mappings=SEED_MAPPINGS)
     calls: list[tuple[str, str]] = []
-    connect = store.connect
-    monkeypatch.setattr(store, "connect", lambda uri=None: CountingDatabase(connect(uri), calls))
+    open_database = store.open_database
+    monkeypatch.setattr(
+        store, "open_database", lambda uri, name: CountingDatabase(open_database(uri, name), calls)
+    )
 
     result = run_import(mongo_uri, stripe_sandbox, import_id, instance)
 

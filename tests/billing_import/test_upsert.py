@@ -153,7 +153,7 @@ def test_other_accounts_and_the_other_type_are_never_touched(contacts):
         {"parent_account": ObjectId(), "type": "person", "email": "a@example.com",
          "email_key": "a@example.com", "name": "other account"},
         {"parent_account": target.account_id, "type": "business", "email": "a@example.com",
-         "email_key": "a@example.com", "stripe_customer_id": "cus_a", "name": "other type"},
+         "email_key": "a@example.com", "stripe_customer_id": "cus_other", "name": "other type"},
     ]  # fmt: skip
     contacts.insert_many([dict(doc) for doc in untouched])
 
@@ -172,6 +172,58 @@ def test_other_accounts_and_the_other_type_are_never_touched(contacts):
     assert contacts.count_documents(target.scope()) == 1
 
 
+@pytest.mark.parametrize("new_contact", [True, False])
+def test_a_customer_linked_to_a_contact_of_the_other_type_is_skipped_with_the_reason(
+    contacts, new_contact
+):
+    target = make_target(mappings={"name": "name"}, new_contact=new_contact)
+    # A payment link for a business contact created its Stripe customer.
+    business = contacts.insert_one(
+        {"parent_account": target.account_id, "type": "business", "name": "Demo Client LLC",
+         "email": "billing@client.com", "email_key": "billing@client.com",
+         "stripe_customer_id": "cus_X"}
+    ).inserted_id  # fmt: skip
+    before = contacts.find_one({"_id": business})
+    counting = CountingCollection(contacts)
+
+    result = upsert_customers(
+        counting,
+        [customer("cus_X", "billing@client.com", name="Demo"), customer("cus_Y", "y@x.com")],
+        target,
+        SeenCustomers(),
+    )
+
+    assert counting.calls == ["find", "bulk_write"] if new_contact else ["find"]
+    assert (result.added, result.updated, result.skipped) == (int(new_contact), 0, 2 - new_contact)
+    reason = "already linked to a business contact of the account"
+    assert result.skip_reasons[reason] == 1
+    assert result.skipped_customers[0].as_document() == {
+        "stripe_customer_id": "cus_X",
+        "email": "billing@client.com",
+        "reason": reason,
+        "contact_id": business,
+    }
+    assert contacts.count_documents({"stripe_customer_id": "cus_X"}) == 1
+    assert contacts.find_one({"_id": business}) == before
+
+
+def test_a_customer_linked_to_the_other_type_still_updates_its_own_match(contacts):
+    target = make_target(mappings={"name": "name"})
+    contacts.insert_one(
+        {"parent_account": target.account_id, "type": "business", "stripe_customer_id": "cus_X"}
+    )
+    person = contacts.insert_one(
+        {**target.scope(), "email": "p@x.com", "email_key": "p@x.com", "name": "P"}
+    ).inserted_id
+
+    result = upsert_customers(
+        contacts, [customer("cus_X", "p@x.com", name="Pat")], target, SeenCustomers()
+    )
+
+    assert (result.updated, result.skipped) == (1, 0)
+    assert contacts.find_one({"_id": person})["name"] == "Pat"
+
+
 def test_update_only_imports_skip_customers_without_a_contact(contacts):
     target = make_target(new_contact=False)
     contacts.insert_one({**target.scope(), "email": "a@example.com", "email_key": "a@example.com"})
@@ -184,6 +236,7 @@ def test_update_only_imports_skip_customers_without_a_contact(contacts):
     )
 
     assert (result.added, result.updated, result.skipped) == (0, 1, 1)
+    assert result.skip_reasons == {"no matching contact and new_contact is false": 1}
     assert contacts.count_documents({}) == 1
 
 
@@ -423,3 +476,133 @@ def test_backfill_writes_in_batches_and_counts_conflicts_across_them(contacts, m
     assert counting.calls == ["find", "bulk_write", "bulk_write", "bulk_write"]
     keys = [c.get("email_key") for c in contacts.find(target.scope())]
     assert sorted(k for k in keys if k) == [f"c{n}@example.com" for n in range(4)]
+
+
+# --- dry runs and the change log ----------------------------------------------------------------
+
+
+def test_a_dry_run_plans_the_changes_and_writes_nothing(db, contacts):
+    target = make_target(mappings={"name": "name", "address-city": "address.city"})
+    dry = UpsertTarget(**{**vars(target), "dry_run": True, "import_id": ObjectId()})
+    contacts.insert_many(
+        [
+            {**target.scope(), "email": "a@example.com", "email_key": "a@example.com",
+             "stripe_customer_id": "cus_a", "name": "Old", "address": {"city": "Lyon"}},
+            # Written by another tool: no email key yet, still matched by email.
+            {**target.scope(), "email": " B@Example.com", "name": "Bee"},
+        ]
+    )  # fmt: skip
+    snapshot = list(contacts.find({}))
+    counting, change_log = CountingCollection(contacts), CountingCollection(db["changes"])
+    seen = SeenCustomers()
+    page = [
+        customer("cus_a", "a@example.com", name="New", address={"city": "Paris"}),
+        customer("cus_b", "b@example.com", name="Bee"),
+        customer("cus_c", "c@example.com", name="Sea"),
+    ]
+
+    backfill = backfill_email_keys(counting, dry, seen)
+    result = upsert_customers(counting, page, dry, seen, change_log)
+
+    assert (backfill.updated, backfill.conflicts) == (1, 0)
+    assert counting.calls == ["find", "find"]
+    assert change_log.calls == []
+    assert list(contacts.find({})) == snapshot
+    assert (result.added, result.updated, result.skipped) == (1, 2, 0)
+    assert result.preview == [
+        {"stripe_customer_id": "cus_a", "email": "a@example.com", "action": "update",
+         "changes": {"name": ["Old", "New"], "address.city": ["Lyon", "Paris"]}},
+        {"stripe_customer_id": "cus_b", "email": "b@example.com", "action": "update",
+         "changes": {"stripe_customer_id": [None, "cus_b"], "email": [" B@Example.com",
+                                                                      "b@example.com"]}},
+        {"stripe_customer_id": "cus_c", "email": "c@example.com", "action": "add",
+         "changes": {"stripe_customer_id": [None, "cus_c"], "email": [None, "c@example.com"],
+                     "name": [None, "Sea"]}},
+    ]  # fmt: skip
+
+
+def test_the_preview_stops_at_its_size_and_lists_skips_with_their_reason(contacts, monkeypatch):
+    monkeypatch.setattr(upsert, "PREVIEW_SIZE", 3)
+    target = UpsertTarget(**{**vars(make_target(new_contact=False)), "dry_run": True})
+
+    result = upsert_customers(
+        contacts, [customer(f"cus_{n}", f"{n}@x.com") for n in range(5)], target, SeenCustomers()
+    )
+
+    assert result.skipped == 5
+    assert result.preview == [
+        {"stripe_customer_id": f"cus_{n}", "email": f"{n}@x.com", "action": "skip",
+         "changes": {}, "reason": "no matching contact and new_contact is false"}
+        for n in range(3)
+    ]  # fmt: skip
+
+
+def test_every_change_is_logged_in_one_insert_before_the_bulk_write(db, contacts):
+    target = UpsertTarget(**{**vars(make_target(mappings=SEED_MAPPINGS)), "import_id": ObjectId()})
+    existing = contacts.insert_one(
+        {**target.scope(), "email": "a@example.com", "email_key": "a@example.com",
+         "address": {"city": "Lyon", "zip": "69001"}}
+    ).inserted_id  # fmt: skip
+    counted, change_log = CountingCollection(contacts), CountingCollection(db["changes"])
+    counted.calls = change_log.calls = calls = []
+    page = [
+        customer("cus_a", "a@example.com", address={"line1": "1 Road", "city": "Paris"}),
+        customer("cus_n", "n@example.com", address={"city": "Nice"}),
+    ]
+
+    upsert_customers(counted, page, target, SeenCustomers(), change_log)
+
+    assert calls == ["find", "insert_many", "bulk_write"]
+    update, add = db["changes"].find({}, {"_id": 0}).sort("_id", 1)
+    old_values = {"email": "a@example.com", "address": {"city": "Lyon"}}
+    assert update == {
+        "import_id": target.import_id,
+        "contact_id": existing,
+        "action": "update",
+        "stripe_customer_id": "cus_a",
+        "email": "a@example.com",
+        "changes": [
+            {"field": "stripe_customer_id", "after": "cus_a"},
+            {"field": "address.street", "after": "1 Road"},
+            {"field": "address.city", "after": "Paris", "before": "Lyon"},
+            {"field": "old_field_values", "after": old_values},
+        ],
+    }
+    created = contacts.find_one({"stripe_customer_id": "cus_n"})
+    assert (add["action"], add["contact_id"]) == ("add", created["_id"])
+    assert add["created"] == {key: value for key, value in created.items() if key != "_id"}
+
+
+def test_an_update_that_changes_nothing_is_not_logged(db, contacts):
+    target = UpsertTarget(**{**vars(make_target()), "import_id": ObjectId()})
+    contacts.insert_one(
+        {**target.scope(), "email": "u@example.com", "email_key": "u@example.com",
+         "stripe_customer_id": "cus_u"}
+    )  # fmt: skip
+
+    result = upsert_customers(
+        contacts, [customer("cus_u", "u@example.com")], target, SeenCustomers(), db["changes"]
+    )
+
+    assert result.updated == 1
+    assert db["changes"].count_documents({}) == 0
+
+
+def test_a_write_that_fails_leaves_no_log_entry(db, contacts):
+    target = UpsertTarget(
+        **{**vars(make_target(mappings={"name": "name"})), "import_id": ObjectId()}
+    )
+    contacts.insert_many(
+        [
+            {**target.scope(), "email": "taken@example.com", "email_key": "taken@example.com"},
+            {**target.scope(), "email": "two@example.com", "email_key": "two@example.com",
+             "stripe_customer_id": "cus_2"},
+        ]
+    )  # fmt: skip
+    page = [customer("cus_1", "one@example.com"), customer("cus_2", "Taken@example.com")]
+
+    result = upsert_customers(contacts, page, target, SeenCustomers(), db["changes"])
+
+    assert (result.added, len(result.errors)) == (1, 1)
+    [entry] = db["changes"].find({})
+    assert (entry["action"], entry["stripe_customer_id"]) == ("add", "cus_1")

@@ -48,15 +48,17 @@ def slow_sandbox(stripe_sandbox, monkeypatch):
 def run_stopping_part_way(store_uri, sandbox, import_id, instance, monkeypatch, stop):
     """Run the import; ``stop()`` runs in the import's own thread before its first contacts
     write after :data:`STOP_AFTER_CONTACTS` contacts are written (where a signal lands too)."""
-    connect = store.connect
+    open_database = store.open_database
 
     def before(collection: str, method: str, args) -> None:
         if collection == store.CONTACTS and method == "bulk_write":
-            written = connect(store_uri)[store.CONTACTS].count_documents({})
+            written = store.connect(store_uri)[store.CONTACTS].count_documents({})
             if written >= STOP_AFTER_CONTACTS:
                 stop()
 
-    monkeypatch.setattr(store, "connect", lambda uri=None: FaultyDatabase(connect(uri), before))
+    monkeypatch.setattr(
+        store, "open_database", lambda uri, name: FaultyDatabase(open_database(uri, name), before)
+    )
     return billing_contact_import.execute_in_process(
         run_config={
             "ops": {

@@ -172,8 +172,10 @@ def test_transient_mongodb_errors_are_retried_and_the_contacts_are_exact(
         limit=20,
         after_effect={(store.QUEUES, "find_one_and_update"), (store.CONTACTS, "bulk_write")},
     )
-    connect = store.connect
-    monkeypatch.setattr(store, "connect", lambda uri=None: FaultyDatabase(connect(uri), faults))
+    open_database = store.open_database
+    monkeypatch.setattr(
+        store, "open_database", lambda uri, name: FaultyDatabase(open_database(uri, name), faults)
+    )
     mongo = MongoResource(uri=store_uri, retry_initial_delay_seconds=0.001)
 
     result = run(store_uri, sandbox, import_id, instance, mongo=mongo)
@@ -246,9 +248,11 @@ def test_an_upsert_that_loses_a_race_for_a_key_is_retried_as_an_update(
     account_id = add_account(db)
     first = add_request(db, account_id, mappings={"name": "name"})
     second = add_request(db, account_id, mappings={"name": "name"})
-    connect = store.connect
+    open_database = store.open_database
     race: list = []
-    monkeypatch.setattr(store, "connect", lambda uri=None: RacingDatabase(connect(uri), race))
+    monkeypatch.setattr(
+        store, "open_database", lambda uri, name: RacingDatabase(open_database(uri, name), race)
+    )
 
     def second_import_writes_first() -> None:
         thread = threading.Thread(

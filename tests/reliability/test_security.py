@@ -83,8 +83,10 @@ def test_an_import_reads_and_writes_only_its_own_accounts_contacts(
         if collection == store.CONTACTS:
             calls.append((method, args))
 
-    connect = store.connect
-    monkeypatch.setattr(store, "connect", lambda uri=None: FaultyDatabase(connect(uri), record))
+    open_database = store.open_database
+    monkeypatch.setattr(
+        store, "open_database", lambda uri, name: FaultyDatabase(open_database(uri, name), record)
+    )
 
     assert run(mongo_uri, stripe_sandbox, import_id, instance).success
 
@@ -94,7 +96,16 @@ def test_an_import_reads_and_writes_only_its_own_accounts_contacts(
     assert all(f.get("parent_account") == account_id for f in filters), [
         f for f in filters if f.get("parent_account") != account_id
     ]
-    assert all(f.get("type") == "person" for f in filters)
+    writes = [
+        f for method, args in calls if method != "find" for f in contact_filters(method, args)
+    ]
+    assert writes and all(f.get("type") == "person" for f in writes)
+    # Reads of the other type only ask whether a contact already holds a customer's Stripe id.
+    lookups = [alternative for f in filters if "type" not in f for alternative in f["$or"]]
+    assert all(
+        alternative.get("type") == "person" or set(alternative) == {"stripe_customer_id"}
+        for alternative in lookups
+    )
     assert list(db[store.CONTACTS].find({"parent_account": other_account})) == others_before
     assert import_result(db, import_id)["records_updated"] == 1
 
