@@ -264,6 +264,7 @@ def apply_changes(
         outcome.import_errors_count += len(result.errors)
         room = MAX_LISTED_ERRORS - len(outcome.importerrors)
         outcome.importerrors.extend(error.as_document() for error in result.errors[:room])
+        restore_archived(contacts, target, [customer_id for customer_id, _ in plan.customers])
     deleted = [change for change in changes if change.deleted]
     if state.deletion_policy == "archive":
         outcome.records_archived += archive_contacts(contacts, target, deleted)
@@ -311,6 +312,19 @@ def archive_contacts(contacts, target: UpsertTarget, deleted: Sequence[CustomerC
     except BulkWriteError as error:
         outcome = error.details
     return outcome.get("nMatched", 0)
+
+
+def restore_archived(contacts, target: UpsertTarget, customer_ids: Sequence[str]) -> None:
+    """An archived contact that a live customer now writes (matched by email) is live again."""
+    if customer_ids:
+        contacts.update_many(
+            {
+                **target.scope(),
+                "stripe_customer_id": {"$in": list(customer_ids)},
+                "stripe_deleted": True,
+            },
+            {"$unset": {"stripe_deleted": "", "stripe_deleted_at": ""}},
+        )
 
 
 def describe_failure(error: Exception) -> str:

@@ -45,18 +45,6 @@ from tests.billing_import.test_upsert import SEED_MAPPINGS
 DAY = 24 * 3600
 
 
-@pytest.fixture
-def sandbox(stripe_sandbox):
-    return stripe_sandbox
-
-
-@pytest.fixture
-def instance():
-    from dagster import DagsterInstance
-
-    return DagsterInstance.ephemeral()
-
-
 def stripe_client(sandbox, stripe_account: str = CONNECTED_ACCOUNT, stats=None):
     resource = StripeResource(api_base=sandbox.url, initial_retry_delay_seconds=0.01)
     return resource.client(SECRET_KEY, stripe_account, stats=stats)
