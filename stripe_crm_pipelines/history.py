@@ -1,9 +1,10 @@
 """Print an account's past billing imports from ``contact_import_results``, newest first.
 
 Reads the CRM store named by ``MONGODB_URI`` (the embedded store when it is unset), the same
-store the import job writes its results to. Each line is one import: when it started and
-finished, its status and type, the contact counts, and the Dagster run that did it (open it in
-the UI under Runs, or filter runs by the tag ``stripe_crm/account_id``). Times are UTC.
+store the import job writes its results to. Each line is one import (kind ``stripe``) or one
+incremental sync (kind ``stripe-sync``): when it started and finished, its status and type, the
+contact counts, the Stripe requests it used, and the Dagster run that did it (open it in the UI
+under Runs, or filter runs by the tag ``stripe_crm/account_id``). Times are UTC.
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ class ImportHistoryRow:
     customers_fetched: int | None
     import_id: str
     run_id: str
+    kind: str = ""
+    """The result's ``name``: ``stripe`` for a full import, ``stripe-sync`` for a sync."""
+    records_archived: int | None = None
+    events_read: int | None = None
+    stripe_requests: int | None = None
 
 
 # (table heading, row field); csv and json use the field names.
@@ -56,6 +62,10 @@ TABLE_COLUMNS = (
     ("errors", "import_errors"),
     ("duplicates", "duplicates"),
     ("fetched", "customers_fetched"),
+    ("kind", "kind"),
+    ("archived", "records_archived"),
+    ("events", "events_read"),
+    ("requests", "stripe_requests"),
     ("run id", "run_id"),
 )
 
@@ -103,6 +113,10 @@ def history_row(document: Mapping[str, Any]) -> ImportHistoryRow:
         customers_fetched=_count(document.get("customers_fetched")),
         import_id=str(document.get("import_id") or ""),
         run_id=str(document.get("run_id") or ""),
+        kind=str(document.get("name") or ""),
+        records_archived=_count(document.get("records_archived")),
+        events_read=_count(document.get("events_read")),
+        stripe_requests=_count(document.get("stripe_requests")),
     )
 
 
@@ -128,7 +142,7 @@ def write_table(rows: Sequence[ImportHistoryRow], out: TextIO) -> None:
     """Aligned columns: text left, counts right; empty cells as ``-``."""
     cells = [[_cell(getattr(row, field)) for _, field in TABLE_COLUMNS] for row in rows]
     numeric = [
-        field not in {"started_at", "finished_at", "status", "type", "run_id"}
+        field not in {"started_at", "finished_at", "status", "type", "kind", "run_id"}
         for _, field in TABLE_COLUMNS
     ]
     headings = [heading for heading, _ in TABLE_COLUMNS]

@@ -77,7 +77,7 @@ def test_table_lists_the_accounts_imports_newest_first(results, capsys):
     lines = out.splitlines()
     assert lines[0].split() == [
         "started", "finished", "status", "type", "added", "updated", "skipped", "errors",
-        "duplicates", "fetched", "run", "id",
+        "duplicates", "fetched", "kind", "archived", "events", "requests", "run", "id",
     ]  # fmt: skip
     assert [line.split()[-1] for line in lines[1:]] == ["run-0900", "run-0900", "run-0900"]
     assert [line.split()[0] for line in lines[1:]] == ["2026-03-03", "2026-03-02", "2026-03-01"]
@@ -129,6 +129,10 @@ def test_json_is_machine_readable(results, capsys):
         "customers_fetched": 256,
         "import_id": str(results[0]["import_id"]),
         "run_id": "run-0900",
+        "kind": "stripe",
+        "records_archived": None,
+        "events_read": None,
+        "stripe_requests": None,
     }
 
 
@@ -212,3 +216,38 @@ def test_help_explains_usage(capsys):
     out = capsys.readouterr().out
     for text in ("--account ID", "--limit N", "{table,csv,json}", "MONGODB_URI", "newest first"):
         assert text in out
+
+
+def test_syncs_show_with_their_kind_archived_events_and_stripe_requests(
+    db, mongo_uri, monkeypatch, capsys
+):
+    monkeypatch.setenv("MONGODB_URI", mongo_uri)
+    db[store.IMPORT_RESULTS].insert_many(
+        [
+            _result(T0, stripe_requests=101),
+            _result(
+                T0 + dt.timedelta(hours=1),
+                name="stripe-sync",
+                type="person",
+                records_added=1,
+                records_updated=7,
+                records_archived=2,
+                events_read=12,
+                stripe_requests=1,
+                customers_fetched=None,
+                duplicates=0,
+                import_id=None,
+                run_id="run-sync",
+            ),
+        ]
+    )
+
+    code, out, _ = _run(capsys, "--account", str(ACCOUNT))
+
+    assert code == 0
+    sync_line, import_line = out.splitlines()[1:]
+    assert sync_line.split()[4:] == [
+        "completed", "person", "1", "7", "0", "0", "0", "-", "stripe-sync", "2", "12", "1",
+        "run-sync",
+    ]  # fmt: skip
+    assert import_line.split()[-5:] == ["stripe", "-", "-", "101", "run-0900"]
