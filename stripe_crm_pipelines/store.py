@@ -34,6 +34,7 @@ ACCOUNTS = "_accounts"
 CONTACTS = "contacts"
 IMPORT_RESULTS = "contact_import_results"
 PAYMENT_LINKS = "payment_links"
+SYNC_STATES = "stripe_sync_state"
 
 DEFAULT_DATABASE = "crm"
 DEFAULT_STORE_DIR = (
@@ -245,4 +246,13 @@ def ensure_indexes(db) -> None:
     )
     db[PAYMENT_LINKS].create_indexes(
         [IndexModel([("account_id", ASCENDING), ("contact_id", ASCENDING)], name="by_contact")]
+    )
+    db[SYNC_STATES].create_indexes(
+        [
+            IndexModel(
+                [("account_id", ASCENDING), ("type", ASCENDING)],
+                name="by_account_type",
+                unique=True,
+            )
+        ]
     )

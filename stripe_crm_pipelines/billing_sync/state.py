@@ -21,13 +21,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bson import ObjectId
-from pymongo import ASCENDING, IndexModel, ReturnDocument
+from pymongo import ReturnDocument
 
 from stripe_crm_pipelines import store
 from stripe_crm_pipelines.billing_import.requests import CONTACT_TYPES, IMPORT_SOURCE
 
-SYNC_STATE = "stripe_sync_state"
-"""The collection of sync states."""
+SYNC_STATE = store.SYNC_STATES
+"""The collection of sync states; :func:`stripe_crm_pipelines.store.ensure_indexes` keeps one
+per account and contact type."""
 DEFAULT_SYNC_INTERVAL_SECONDS = 300
 DELETION_POLICIES = ("keep", "archive")
 DEFAULT_DELETION_POLICY = "keep"
@@ -99,19 +100,6 @@ class SyncState:
         if not times:
             return True
         return max(_aware(t) for t in times) + timedelta(seconds=self.sync_interval_seconds) <= now
-
-
-def ensure_sync_indexes(db) -> None:
-    """One state per account and contact type. Idempotent."""
-    db[SYNC_STATE].create_indexes(
-        [
-            IndexModel(
-                [("account_id", ASCENDING), ("type", ASCENDING)],
-                name="by_account_type",
-                unique=True,
-            )
-        ]
-    )
 
 
 def record_full_import(

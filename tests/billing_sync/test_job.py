@@ -282,3 +282,33 @@ def test_definitions_hold_the_sync_the_sensor_and_the_catalog():
     assert CRM_CONTACTS in repository.asset_graph.get_all_asset_keys()
     check_keys = {key.name for key in repository.asset_graph.asset_check_keys}
     assert {UNIQUE_STRIPE_IDS, UNIQUE_EMAILS, FETCHED_HAVE_CONTACTS} <= check_keys
+
+
+def test_the_uniqueness_checks_can_be_executed_for_every_account(
+    db, mongo_uri, stripe_sandbox, instance
+):
+    stripe_sandbox.state.add_customer(CONNECTED_ACCOUNT, email="ada@example.com")
+    clean = keep_in_sync(db, mongo_uri, stripe_sandbox, instance)
+    stripe_sandbox.state.add_customer("acct_2Copied", email="bob@example.com")
+    copied = keep_in_sync(db, mongo_uri, stripe_sandbox, instance, stripe_account="acct_2Copied")
+    contact = db[store.CONTACTS].find_one({"parent_account": copied}, {"_id": 0})
+    db[store.CONTACTS].insert_one(dict(contact))
+    instance.add_dynamic_partitions(ACCOUNT_PARTITIONS.name, [str(clean), str(copied)])
+    checks = {
+        AssetCheckKey(CRM_CONTACTS, UNIQUE_STRIPE_IDS),
+        AssetCheckKey(CRM_CONTACTS, UNIQUE_EMAILS),
+    }
+    job = defs.resolve_implicit_global_asset_job_def().get_subset(
+        asset_check_selection=checks, asset_selection=set()
+    )
+
+    result = job.execute_in_process(
+        instance=instance, resources={"mongo": MongoResource(uri=mongo_uri)}
+    )
+
+    assert result.success
+    assert check_evaluations(instance, str(clean)) == {UNIQUE_STRIPE_IDS: True, UNIQUE_EMAILS: True}
+    assert check_evaluations(instance, str(copied)) == {
+        UNIQUE_STRIPE_IDS: False,
+        UNIQUE_EMAILS: False,
+    }

@@ -505,3 +505,29 @@ def test_a_later_full_import_replaces_the_state_and_keeps_a_pause(db, mongo_uri,
             events_cursor=EventsCursor(None, 0),
             finished_at=datetime.now(UTC),
         )
+
+
+def test_one_state_per_account_and_type_is_enforced_by_an_index(db):
+    [index] = [
+        index for index in db[SYNC_STATE].list_indexes() if index["name"] == "by_account_type"
+    ]
+    assert index["unique"] and list(index["key"]) == ["account_id", "type"]
+
+
+def test_an_archived_contact_taken_by_a_new_customer_with_its_email_is_live_again(
+    db, mongo_uri, sandbox, instance, stripe_client_factory
+):
+    gone = sandbox.state.add_customer(CONNECTED_ACCOUNT, email="shared@example.com")
+    account_id = keep_in_sync(db, mongo_uri, sandbox, instance, deletion_policy="archive")
+    editor = sandbox_client(stripe_client_factory)
+    editor.v1.customers.delete(gone["id"])
+    sync(db, sandbox, account_id)
+    contact_id = contact_of(db, gone["id"])["_id"]
+    assert contact_of(db, gone["id"])["stripe_deleted"] is True
+
+    successor = editor.v1.customers.create(params={"email": "Shared@example.com"})
+    sync(db, sandbox, account_id)
+
+    contact = db[store.CONTACTS].find_one({"_id": contact_id})
+    assert contact["stripe_customer_id"] == successor.id
+    assert "stripe_deleted" not in contact and "stripe_deleted_at" not in contact
