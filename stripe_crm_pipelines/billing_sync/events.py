@@ -6,6 +6,10 @@ changes costs one request. A cursor without an event id (the account had none wh
 reads the events created since its ``created`` second, newest first, and orders them oldest
 first before collapsing.
 
+A sync that finds nothing new keeps its cursor, except that a quiet account's cursor moves on
+in time (:func:`cursor_after_quiet_read`): its event would otherwise expire after 30 days and
+force a full import although nothing changed.
+
 Several events of one customer collapse to the newest (:class:`CustomerChange`): the sync writes
 each customer once, in its state after the last event read. Stripe keeps events for 30 days; a
 cursor older than that, or one Stripe refuses (its event has expired), raises
@@ -29,6 +33,12 @@ CUSTOMER_EVENT_TYPES = ("customer.created", "customer.updated", "customer.delete
 EVENT_RETENTION_SECONDS = 30 * 24 * 3600
 """How long Stripe keeps events."""
 PAGE_SIZE = 100
+QUIET_AFTER_SECONDS = 7 * 24 * 3600
+"""A cursor event this old with nothing after it gives way to a time cursor (see
+:func:`cursor_after_quiet_read`)."""
+CLOCK_MARGIN_SECONDS = 300
+"""How far a time cursor reaches back from the local clock, for clock skew and for events Stripe
+lists a moment after they happen; re-reading an event already applied changes nothing."""
 _CURSOR_PARAMS = frozenset({"starting_after", "ending_before"})
 
 
@@ -107,6 +117,25 @@ def read_customer_events(
     if events:
         read.cursor = EventsCursor(event_id=events[-1]["id"], created=int(events[-1]["created"]))
     return read
+
+
+def cursor_after_quiet_read(cursor: EventsCursor, now: float | None = None) -> EventsCursor:
+    """The cursor after a read that found no events after ``cursor``, at ``now`` (epoch seconds,
+    local clock).
+
+    Nothing happened between the cursor and the read, so every event from the read on is new. A
+    time cursor moves up to the read (less :data:`CLOCK_MARGIN_SECONDS`); an event cursor whose
+    event is older than :data:`QUIET_AFTER_SECONDS` becomes such a time cursor, before Stripe
+    forgets the event. A younger event cursor stays: it reads oldest first, one request per 100
+    events.
+    """
+    now = time.time() if now is None else now
+    moved = int(now) - CLOCK_MARGIN_SECONDS
+    if cursor.event_id is None:
+        return EventsCursor(None, max(cursor.created, moved))
+    if now - cursor.created > QUIET_AFTER_SECONDS:
+        return EventsCursor(None, max(cursor.created, moved))
+    return cursor
 
 
 def collapse(events: Iterable[Mapping[str, Any]]) -> list[CustomerChange]:

@@ -45,6 +45,7 @@ from stripe_crm_pipelines.billing_import.upsert import (
 from stripe_crm_pipelines.billing_sync.events import (
     CustomerChange,
     StaleCursor,
+    cursor_after_quiet_read,
     read_customer_events,
 )
 from stripe_crm_pipelines.billing_sync.state import (
@@ -162,7 +163,8 @@ def run_sync(
         outcome.customers_changed = len(read.changes)
         apply_changes(db, state, read.changes, outcome)
         finished = datetime.now(UTC)
-        advance_cursor(db, state.id, read.cursor or state.events_cursor, finished)
+        cursor = read.cursor or cursor_after_quiet_read(state.events_cursor, now)
+        advance_cursor(db, state.id, cursor, finished)
     except StaleCursor as stale:
         outcome.status = "resync_queued"
         outcome.error = f"Events cursor is stale: {stale}"

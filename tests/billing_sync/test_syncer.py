@@ -365,13 +365,38 @@ def test_a_time_cursor_older_than_30_days_queues_a_full_import(db, mongo_uri, sa
     sandbox.state.seed_customers(3, seed=5, account=CONNECTED_ACCOUNT)
     account_id = keep_in_sync(db, mongo_uri, sandbox, instance)
     cursor = load_sync_state(db, account_id, "person").events_cursor
+    assert cursor.event_id is None
 
-    fresh = sync(db, sandbox, account_id, now=cursor.created + EVENT_RETENTION_SECONDS - 60)
     stale = sync(db, sandbox, account_id, now=cursor.created + EVENT_RETENTION_SECONDS + 60)
 
-    assert fresh.status == "completed"
     assert stale.status == "resync_queued" and "30 days" in stale.error
     assert db[store.QUEUES].count_documents({"reason": "resync"}) == 1
+
+
+def test_a_quiet_account_moves_its_cursor_on_instead_of_going_stale(
+    db, mongo_uri, sandbox, instance, stripe_client_factory
+):
+    ada = sandbox.state.add_customer(CONNECTED_ACCOUNT, email="ada@example.com")
+    account_id = keep_in_sync(db, mongo_uri, sandbox, instance)
+    cursor = load_sync_state(db, account_id, "person").events_cursor
+    assert cursor.event_id is not None
+
+    week_later = sync(db, sandbox, account_id, now=cursor.created + 3 * DAY)
+    assert load_sync_state(db, account_id, "person").events_cursor == cursor
+    sandbox.state.advance_clock(8 * DAY)  # Stripe's clock and the sync's move together
+    quiet = sync(db, sandbox, account_id, now=cursor.created + 8 * DAY)
+    moved = load_sync_state(db, account_id, "person").events_cursor
+    sandbox.state.advance_clock(25 * DAY)  # the import's event is gone now
+    sandbox_client(stripe_client_factory).v1.customers.update(
+        ada["id"], params={"address": {"city": "Faro"}}
+    )
+    later = sync(db, sandbox, account_id, now=cursor.created + 33 * DAY)
+
+    assert (week_later.status, quiet.status, quiet.events_read) == ("completed", "completed", 0)
+    assert moved.event_id is None and moved.created >= cursor.created + 8 * DAY - 300
+    assert later.status == "completed" and later.records_updated == 1
+    assert contact_of(db, ada["id"])["address"]["city"] == "Faro"
+    assert db[store.QUEUES].count_documents({"reason": "resync"}) == 0
 
 
 # --- failures and idempotency -----------------------------------------------------------------
