@@ -116,6 +116,7 @@ def record_full_import(
     parent_account: ObjectId | None = None,
     client_id: ObjectId | None = None,
     import_id: ObjectId | None = None,
+    sync_interval_seconds: int | None = None,
 ) -> ObjectId:
     """Start (or restart) keeping an account's contacts of one type in step after a completed
     ``keep_in_sync`` import; returns the state's id.
@@ -124,17 +125,23 @@ def record_full_import(
     (:func:`~stripe_crm_pipelines.billing_sync.events.events_cursor_at_start`), so changes made
     while the import ran are applied by the first sync. The state replaces any earlier one of
     the same account and type (its error and waiting resync included); a pause
-    (``enabled: false``) and a custom ``sync_interval_seconds`` stay. The first sync is due at
-    once.
+    (``enabled: false``) stays, and so does a custom ``sync_interval_seconds`` unless the request
+    sets one (``sync_interval_seconds``, default :data:`DEFAULT_SYNC_INTERVAL_SECONDS`). The
+    first sync is due at once.
     """
     contact_type = CONTACT_TYPES[import_type]
     policy = deletion_policy or DEFAULT_DELETION_POLICY
     if policy not in DELETION_POLICIES:
         raise ValueError(f"deletion_policy: {policy!r} is not one of {DELETION_POLICIES}")
+    if sync_interval_seconds is not None and sync_interval_seconds < 1:
+        raise ValueError(f"sync_interval_seconds: must be positive, got {sync_interval_seconds}")
+    interval = {"sync_interval_seconds": sync_interval_seconds} if sync_interval_seconds else {}
+    on_insert = {} if interval else {"sync_interval_seconds": DEFAULT_SYNC_INTERVAL_SECONDS}
     saved = db[SYNC_STATE].find_one_and_update(
         {"account_id": account_id, "type": contact_type},
         {
             "$set": {
+                **interval,
                 "mappings": dict(mappings or {}),
                 "new_contact": new_contact,
                 "deletion_policy": policy,
@@ -152,7 +159,7 @@ def record_full_import(
             },
             "$setOnInsert": {
                 "enabled": True,
-                "sync_interval_seconds": DEFAULT_SYNC_INTERVAL_SECONDS,
+                **on_insert,
                 "attempts": 0,
                 "created_at": finished_at,
             },

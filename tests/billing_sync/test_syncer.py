@@ -556,3 +556,27 @@ def test_an_archived_contact_taken_by_a_new_customer_with_its_email_is_live_agai
     contact = db[store.CONTACTS].find_one({"_id": contact_id})
     assert contact["stripe_customer_id"] == successor.id
     assert "stripe_deleted" not in contact and "stripe_deleted_at" not in contact
+
+
+def test_a_request_may_set_the_sync_interval(db):
+    account_id = ObjectId()
+
+    def record(interval):
+        record_full_import(
+            db,
+            account_id=account_id,
+            import_type="companies",
+            user_id=ObjectId(),
+            mappings={},
+            new_contact=True,
+            deletion_policy=None,
+            events_cursor=EventsCursor(None, 1_700_000_000),
+            finished_at=datetime.now(UTC),
+            sync_interval_seconds=interval,
+        )
+        return load_sync_state(db, account_id, "business")
+
+    assert record(None).sync_interval_seconds == 300
+    assert record(30).sync_interval_seconds == 30
+    assert record(None).sync_interval_seconds == 30  # kept until a request sets another
+    assert record(None).deletion_policy == "keep"
