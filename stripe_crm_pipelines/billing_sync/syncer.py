@@ -38,6 +38,7 @@ from stripe_crm_pipelines.billing_import.mapping import (
 from stripe_crm_pipelines.billing_import.upsert import (
     SeenCustomers,
     UpsertTarget,
+    backfill_email_keys,
     execute_plan,
     find_existing_contacts,
     plan_upserts,
@@ -224,10 +225,10 @@ def apply_changes(
 ) -> None:
     """Write the customers' newest states and apply deletions; counts go to ``outcome``.
 
-    Live customers are matched and written as an import writes them (one query, one unordered
-    bulk write), the most recently changed first so that, as in an import, the newest of two
-    customers with one email wins. Customers whose contact already holds their values are not
-    written at all.
+    Live customers are matched and written as an import writes them (contacts without an email
+    key get theirs, then one query and one unordered bulk write), the most recently changed
+    first so that, as in an import, the newest of two customers with one email wins. Customers
+    whose contact already holds their values are not written at all.
     """
     contacts = db[store.CONTACTS]
     target = UpsertTarget(
@@ -239,6 +240,9 @@ def apply_changes(
     )
     live = [change.customer for change in reversed(changes) if not change.deleted]
     if live:
+        # Contacts the CRM created since the last run have no email key yet; give it to them
+        # first, as an import does, so a customer with their email matches them.
+        backfill_email_keys(contacts, target)
         existing = find_existing_contacts(contacts, live, target)
         by_customer_id = {
             contact["stripe_customer_id"]: contact

@@ -580,3 +580,25 @@ def test_a_request_may_set_the_sync_interval(db):
     assert record(30).sync_interval_seconds == 30
     assert record(None).sync_interval_seconds == 30  # kept until a request sets another
     assert record(None).deletion_policy == "keep"
+
+
+def test_a_contact_the_crm_created_since_the_import_is_matched_by_email(
+    db, mongo_uri, sandbox, instance, stripe_client_factory
+):
+    sandbox.state.add_customer(CONNECTED_ACCOUNT, email="ada@example.com")
+    account_id = keep_in_sync(db, mongo_uri, sandbox, instance)
+    crm_contact = (
+        db[store.CONTACTS]
+        .insert_one({"parent_account": account_id, "type": "person", "email": " Grace@Example.com"})
+        .inserted_id
+    )
+    grace = sandbox_client(stripe_client_factory).v1.customers.create(
+        params={"email": "grace@example.com", "address": {"city": "Arlington"}}
+    )
+
+    outcome = sync(db, sandbox, account_id)
+
+    assert (outcome.records_added, outcome.records_updated) == (0, 1)
+    contact = db[store.CONTACTS].find_one({"_id": crm_contact})
+    assert contact["stripe_customer_id"] == grace.id
+    assert contact["address"] == {"city": "Arlington"}
