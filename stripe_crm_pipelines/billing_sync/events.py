@@ -65,7 +65,6 @@ class EventsRead:
 
     changes: list[CustomerChange] = field(default_factory=list)
     events_read: int = 0
-    requests: int = 0
     cursor: EventsCursor | None = None
     """Where the next sync starts once these changes are written; None when nothing was read
     (the cursor stays as it was)."""
@@ -75,14 +74,15 @@ def events_cursor_at_start(client: stripe.StripeClient, now: float | None = None
     """The cursor of a full import, taken before it lists any customer: the account's newest
     customer event, so every change made while the import runs is read by the first sync.
 
-    An account without events gets a cursor at ``now`` (the local clock, default the current
-    time): every event created from then on is read.
+    An account without events gets a time cursor at ``now`` (the local clock, default the
+    current time) less :data:`CLOCK_MARGIN_SECONDS`: every event created from then on is read.
     """
     listing = _list_events(client, limit=1)
     if listing["data"]:
         newest = listing["data"][0]
         return EventsCursor(event_id=newest["id"], created=int(newest["created"]))
-    return EventsCursor(event_id=None, created=int(time.time() if now is None else now))
+    now = time.time() if now is None else now
+    return EventsCursor(event_id=None, created=int(now) - CLOCK_MARGIN_SECONDS)
 
 
 def read_customer_events(
@@ -102,9 +102,9 @@ def read_customer_events(
     read = EventsRead()
     try:
         if cursor.event_id is not None:
-            events = _events_after(client, cursor.event_id, read)
+            events = _events_after(client, cursor.event_id)
         else:
-            events = _events_since(client, cursor.created, read)
+            events = _events_since(client, cursor.created)
     except stripe.InvalidRequestError as error:
         if error.code == "resource_missing" and error.param in _CURSOR_PARAMS:
             raise StaleCursor(
@@ -156,16 +156,13 @@ def collapse(events: Iterable[Mapping[str, Any]]) -> list[CustomerChange]:
     return list(newest.values())
 
 
-def _events_after(
-    client: stripe.StripeClient, event_id: str, read: EventsRead
-) -> list[dict[str, Any]]:
+def _events_after(client: stripe.StripeClient, event_id: str) -> list[dict[str, Any]]:
     """Events newer than ``event_id``, oldest first: each ``ending_before`` page holds the
     events just after its cursor (newest first within the page)."""
     events: list[dict[str, Any]] = []
     cursor = event_id
     while True:
         listing = _list_events(client, limit=PAGE_SIZE, ending_before=cursor)
-        read.requests += 1
         page = list(reversed(listing["data"]))
         events.extend(page)
         if not listing.get("has_more") or not page:
@@ -173,15 +170,12 @@ def _events_after(
         cursor = page[-1]["id"]
 
 
-def _events_since(
-    client: stripe.StripeClient, created: int, read: EventsRead
-) -> list[dict[str, Any]]:
+def _events_since(client: stripe.StripeClient, created: int) -> list[dict[str, Any]]:
     """Events created at or after ``created``, oldest first."""
     newest_first: list[dict[str, Any]] = []
     params: dict[str, Any] = {"limit": PAGE_SIZE, "created": {"gte": created}}
     while True:
         listing = _list_events(client, **params)
-        read.requests += 1
         newest_first.extend(listing["data"])
         if not listing.get("has_more") or not listing["data"]:
             return newest_first[::-1]
