@@ -312,3 +312,12 @@ def test_the_uniqueness_checks_can_be_executed_for_every_account(
         UNIQUE_STRIPE_IDS: False,
         UNIQUE_EMAILS: False,
     }
+
+
+def test_a_state_whose_account_lost_its_key_still_gets_a_run_to_say_so(db, mongo_uri):
+    account_id = add_state(db)
+    db[store.STRIPE_KEYS].delete_many({"account_id": account_id})
+
+    [run] = evaluate(mongo_uri).run_requests
+
+    assert run.tags[tags.STRIPE_ACCOUNT] == "none"
