@@ -32,6 +32,7 @@ from mongomock.filtering import filter_applies
 
 INDEXED_FIELDS = ("email", "email_key", "stripe_customer_id")
 _UNINDEXABLE = object()
+_ABSENT = object()
 
 
 class _Index:
@@ -40,6 +41,8 @@ class _Index:
     def __init__(self) -> None:
         self.by_value: dict[str, dict[str, dict[Any, None]]] = {f: {} for f in INDEXED_FIELDS}
         self.unindexable: dict[str, dict[Any, None]] = {f: {} for f in INDEXED_FIELDS}
+        self.absent: dict[str, dict[Any, None]] = {f: {} for f in INDEXED_FIELDS}
+        """Ids without the field (or null): MongoDB answers ``{field: null}`` from the index."""
         self.keys: dict[Any, dict[str, Any]] = {}
         self.dirty = True
 
@@ -68,6 +71,8 @@ class IndexedCollection(mongomock.Collection):
         keys: dict[str, Any] = {}
         for name in INDEXED_FIELDS:
             if name not in document or document[name] is None:
+                index.absent[name][document["_id"]] = None
+                keys[name] = _ABSENT
                 continue
             value = document[name]
             if isinstance(value, str):
@@ -83,6 +88,8 @@ class IndexedCollection(mongomock.Collection):
         for name, value in index.keys.pop(document_id, {}).items():
             if value is _UNINDEXABLE:
                 index.unindexable[name].pop(document_id, None)
+            elif value is _ABSENT:
+                index.absent[name].pop(document_id, None)
             else:
                 ids = index.by_value[name].get(value)
                 if ids is not None:
@@ -102,6 +109,10 @@ class IndexedCollection(mongomock.Collection):
             if name not in query:
                 continue
             condition = query[name]
+            if condition is None:
+                if best is None or len(index.absent[name]) < len(best):
+                    best = list(index.absent[name])
+                continue
             if isinstance(condition, str):
                 values = [condition]
             elif (

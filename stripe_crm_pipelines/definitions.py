@@ -23,6 +23,9 @@ from stripe_crm_pipelines.billing_import.sensor import (
     billing_import_failure_sensor,
     billing_import_sensor,
 )
+from stripe_crm_pipelines.billing_sync.job import billing_contact_sync
+from stripe_crm_pipelines.billing_sync.sensor import billing_sync_sensor
+from stripe_crm_pipelines.catalog import crm_contacts, crm_contacts_checks
 from stripe_crm_pipelines.payment_links.job import create_payment_link
 from stripe_crm_pipelines.resources import MongoResource, StripeResource
 from stripe_crm_pipelines.resources.crm_api import CrmApiResource
@@ -80,12 +83,20 @@ warnings.filterwarnings(
 )
 
 defs = Definitions(
+    assets=[crm_contacts],
+    asset_checks=[crm_contacts_checks],
     jobs=[
         billing_contact_import,
+        billing_contact_sync,
         queue_billing_import,
         revert_billing_import,
         create_payment_link,
     ],
-    sensors=[billing_import_sensor, billing_import_failure_sensor, billing_import_cancel_sensor],
+    sensors=[
+        billing_import_sensor,
+        billing_import_failure_sensor,
+        billing_import_cancel_sensor,
+        billing_sync_sensor,
+    ],
     resources=RESOURCES_BY_ENVIRONMENT[environment()],
 )

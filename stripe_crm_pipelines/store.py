@@ -37,6 +37,7 @@ CONTACTS = "contacts"
 IMPORT_RESULTS = "contact_import_results"
 IMPORT_CHANGES = "contact_import_changes"
 PAYMENT_LINKS = "payment_links"
+SYNC_STATES = "stripe_sync_state"
 
 DEFAULT_DATABASE = "crm"
 DEFAULT_STORE_DIR = (
@@ -267,6 +268,15 @@ def ensure_indexes(db) -> None:
     )
     db[PAYMENT_LINKS].create_indexes(
         [IndexModel([("account_id", ASCENDING), ("contact_id", ASCENDING)], name="by_contact")]
+    )
+    db[SYNC_STATES].create_indexes(
+        [
+            IndexModel(
+                [("account_id", ASCENDING), ("type", ASCENDING)],
+                name="by_account_type",
+                unique=True,
+            )
+        ]
     )
 
 

@@ -297,3 +297,38 @@ def test_help_explains_usage(capsys):
         ".local/store", "workspace.yaml", "make dev",
     ):  # fmt: skip
         assert text in out
+
+
+def test_syncs_show_with_their_kind_archived_events_and_stripe_requests(
+    db, mongo_uri, monkeypatch, capsys
+):
+    monkeypatch.setenv("MONGODB_URI", mongo_uri)
+    db[store.IMPORT_RESULTS].insert_many(
+        [
+            _result(T0, stripe_requests=101),
+            _result(
+                T0 + dt.timedelta(hours=1),
+                name="stripe-sync",
+                type="person",
+                records_added=1,
+                records_updated=7,
+                records_archived=2,
+                events_read=12,
+                stripe_requests=1,
+                customers_fetched=None,
+                duplicates=0,
+                import_id=None,
+                run_id="run-sync",
+            ),
+        ]
+    )
+
+    code, out, _ = _run(capsys, "--account", str(ACCOUNT))
+
+    assert code == 0
+    sync_line, import_line = out.splitlines()[1:]
+    assert sync_line.split()[4:] == [
+        "completed", "person", "1", "7", "0", "0", "0", "-", "stripe-sync", "2", "12", "1",
+        "run-sync",
+    ]  # fmt: skip
+    assert import_line.split()[-5:] == ["stripe", "-", "-", "101", "run-0900"]

@@ -32,6 +32,9 @@ JOB_OWNED_FIELDS: frozenset[str] = frozenset(
         "stripe_customer_id",
         "old_field_values",
         "email_key",
+        # Set by the incremental sync when the Stripe customer is deleted (deletion_policy archive).
+        "stripe_deleted",
+        "stripe_deleted_at",
     }
 )
 

@@ -1,7 +1,9 @@
-"""Run tag keys of billing imports: searchable in the runs list, and the concurrency key.
+"""Run tag keys of billing imports and syncs: searchable in the runs list, and the concurrency
+key.
 
-``dagster.yaml`` limits runs per value of :data:`STRIPE_ACCOUNT` to one: Stripe rate-limits per
-account, and two imports of one account would race on the same contacts.
+``dagster.yaml`` limits runs per value of :data:`STRIPE_ACCOUNT` to one, imports and syncs
+together: Stripe rate-limits per account, and two runs of one account would race on the same
+contacts.
 """
 
 IMPORT_ID = "stripe_crm/import_id"

@@ -36,6 +36,7 @@ DEMO_STRIPE_ACCOUNT = "acct_1DemoCrmSandbox"
 DEMO_SECRET_KEY = "sk_test_local_sandbox_demo"
 DEMO_CUSTOMER_COUNT = 250
 DEFAULT_SANDBOX_URL = "http://127.0.0.1:12111"
+DEMO_SYNC_INTERVAL_SECONDS = 30
 DEMO_MAPPINGS = {
     "name": "name",
     "phone": "phone",
@@ -142,6 +143,11 @@ def seed_demo(db, stripe_client: stripe.StripeClient) -> DemoSummary:
             "client_id": DEMO_CLIENT_ID,
             "mappings": DEMO_MAPPINGS,
             "new_contact": True,
+            # Kept in step after the import; synced every 30 s (not 300) so that a customer
+            # edited in the sandbox shows on its contact within half a minute.
+            "keep_in_sync": True,
+            "deletion_policy": "archive",
+            "sync_interval_seconds": DEMO_SYNC_INTERVAL_SECONDS,
             "createdAt": now,
         },
     )

@@ -440,6 +440,8 @@ def test_job_owned_fields():
         "stripe_customer_id",
         "old_field_values",
         "email_key",
+        "stripe_deleted",
+        "stripe_deleted_at",
     } == JOB_OWNED_FIELDS
 
 

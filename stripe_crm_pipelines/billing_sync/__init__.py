@@ -1,0 +1,1 @@
+"""Keeping contacts in step with Stripe after a full import: incremental sync from events."""

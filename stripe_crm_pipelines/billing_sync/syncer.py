@@ -1,0 +1,344 @@
+"""One incremental sync of an account's contacts of one type: the engine, free of Dagster.
+
+:func:`run_sync` reads the customer events after the state's cursor
+(:mod:`~stripe_crm_pipelines.billing_sync.events`), writes each changed customer's newest state
+with the import's own matching and bulk writes (:mod:`~stripe_crm_pipelines.billing_import.upsert`),
+applies deletions by the state's ``deletion_policy``, and only then moves the cursor. A crash
+between the writes and the cursor re-reads the same events next time; applying them again
+changes nothing, because a customer whose contact already holds its values is left alone
+(``old_field_values`` included) and an archived contact is not archived twice.
+
+Deletion policies: ``keep`` leaves the contact of a deleted customer as it is; ``archive`` sets
+``stripe_deleted: true`` and ``stripe_deleted_at`` (when Stripe deleted it). Nothing is ever
+deleted from the CRM.
+
+Every run writes a ``contact_import_results`` document named ``stripe-sync`` with its counts and
+the Stripe requests it used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import stripe
+from bson import ObjectId
+from pymongo import ReturnDocument, UpdateOne
+from pymongo.errors import BulkWriteError, PyMongoError
+
+from stripe_crm_pipelines import store
+from stripe_crm_pipelines.billing_import.mapping import (
+    get_path,
+    map_customer,
+    parse_mappings,
+    set_fields,
+)
+from stripe_crm_pipelines.billing_import.upsert import (
+    SeenCustomers,
+    UpsertTarget,
+    backfill_email_keys,
+    execute_plan,
+    find_existing_contacts,
+    plan_upserts,
+)
+from stripe_crm_pipelines.billing_sync.events import (
+    CustomerChange,
+    StaleCursor,
+    cursor_after_quiet_read,
+    read_customer_events,
+)
+from stripe_crm_pipelines.billing_sync.state import (
+    SyncState,
+    advance_cursor,
+    queue_resync,
+    record_sync_error,
+)
+from stripe_crm_pipelines.errors import is_transient
+from stripe_crm_pipelines.resources.stripe import RequestStats, stripe_error_message
+
+SYNC_RESULT_NAME = "stripe-sync"
+MAX_LISTED_ERRORS = 1000
+SYNC_STATUSES = ("completed", "failed", "resync_queued")
+
+
+@dataclass
+class SyncOutcome:
+    """What one sync did; the counts of its ``contact_import_results`` document."""
+
+    account_id: ObjectId
+    contact_type: str
+    user_id: ObjectId
+    run_id: str
+    started_at: datetime
+    status: str = "completed"
+    """One of :data:`SYNC_STATUSES`."""
+    finished_at: datetime | None = None
+    events_read: int = 0
+    customers_changed: int = 0
+    records_added: int = 0
+    records_updated: int = 0
+    records_unchanged: int = 0
+    """Customers whose contact already held their newest state (an event applied before)."""
+    records_skipped: int = 0
+    records_archived: int = 0
+    deletions_kept: int = 0
+    """Deleted customers whose contact stays as it is (``deletion_policy: keep``)."""
+    duplicates: int = 0
+    import_errors_count: int = 0
+    importerrors: list[dict[str, Any]] = field(default_factory=list)
+    stripe_requests: int = 0
+    stripe_retries: int = 0
+    error: str | None = None
+    transient: bool = False
+    """Whether the failure may go away by itself (the run may retry)."""
+    resync_import_id: ObjectId | None = None
+    written_customer_ids: list[str] = field(default_factory=list)
+    """Customers this sync expects a contact for: written, or already up to date."""
+
+    @property
+    def duration_seconds(self) -> float:
+        end = self.finished_at or datetime.now(UTC)
+        return round((end - self.started_at).total_seconds(), 3)
+
+    def counts(self) -> dict[str, int]:
+        """The counts the result document, the run page and the asset catalog all show."""
+        return {
+            "events_read": self.events_read,
+            "customers_changed": self.customers_changed,
+            "records_added": self.records_added,
+            "records_updated": self.records_updated,
+            "records_unchanged": self.records_unchanged,
+            "records_skipped": self.records_skipped,
+            "records_archived": self.records_archived,
+            "deletions_kept": self.deletions_kept,
+            "duplicates": self.duplicates,
+            "import_errors_count": self.import_errors_count,
+            "stripe_requests": self.stripe_requests,
+        }
+
+    def result_document(self) -> dict[str, Any]:
+        """The ``contact_import_results`` document of this sync."""
+        document: dict[str, Any] = {
+            "status": self.status,
+            "name": SYNC_RESULT_NAME,
+            "type": self.contact_type,
+            **self.counts(),
+            "stripe_retries": self.stripe_retries,
+            "importerrors": list(self.importerrors),
+            "user_id": self.user_id,
+            "account_id": str(self.account_id),
+            "run_id": self.run_id,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+        }
+        if self.error is not None:
+            document["error"] = self.error
+        if self.resync_import_id is not None:
+            document["resync_import_id"] = self.resync_import_id
+        return document
+
+
+def run_sync(
+    db,
+    client: stripe.StripeClient,
+    state: SyncState,
+    *,
+    run_id: str,
+    stats: RequestStats,
+    now: float | None = None,
+) -> SyncOutcome:
+    """Sync one state: read events after its cursor, write the changes, then move the cursor.
+
+    Never raises for Stripe or MongoDB errors: a failure is recorded on the state
+    (``last_error``) and in the result, with the cursor left where it was; a stale cursor queues
+    a full import (``reason: 'resync'``). ``stats`` is the request counter ``client`` was built
+    with (:meth:`~stripe_crm_pipelines.resources.StripeResource.client`), for the reads
+    accounting; ``now`` (epoch seconds) is the clock the cursor's age is judged by.
+    """
+    outcome = new_outcome(state, run_id)
+    try:
+        read = read_customer_events(client, state.events_cursor, now=now)
+        outcome.events_read = read.events_read
+        outcome.customers_changed = len(read.changes)
+        apply_changes(db, state, read.changes, outcome)
+        finished = datetime.now(UTC)
+        cursor = read.cursor or cursor_after_quiet_read(state.events_cursor, now)
+        advance_cursor(db, state.id, cursor, finished)
+    except StaleCursor as stale:
+        outcome.status = "resync_queued"
+        outcome.error = f"Events cursor is stale: {stale}"
+        outcome.resync_import_id = queue_resync(db, state, outcome.error, datetime.now(UTC))
+    except (stripe.StripeError, PyMongoError) as error:
+        outcome.status = "failed"
+        outcome.transient = is_transient(error)
+        outcome.error = describe_failure(error)
+        record_sync_error(db, state.id, outcome.error, datetime.now(UTC))
+    outcome.stripe_requests = stats.requests
+    outcome.stripe_retries = stats.retries
+    finish(db, outcome)
+    return outcome
+
+
+def record_failed_sync(db, state: SyncState, message: str, *, run_id: str) -> SyncOutcome:
+    """A sync that could not start (no usable Stripe key): the state and a result say why."""
+    outcome = new_outcome(state, run_id)
+    outcome.status = "failed"
+    outcome.error = message
+    record_sync_error(db, state.id, message, datetime.now(UTC))
+    finish(db, outcome)
+    return outcome
+
+
+def new_outcome(state: SyncState, run_id: str) -> SyncOutcome:
+    return SyncOutcome(
+        account_id=state.account_id,
+        contact_type=state.contact_type,
+        user_id=state.user_id,
+        run_id=run_id,
+        started_at=datetime.now(UTC),
+    )
+
+
+def finish(db, outcome: SyncOutcome) -> ObjectId:
+    """Stamp the end and save the result, once per run even when a step is retried."""
+    outcome.finished_at = datetime.now(UTC)
+    document = outcome.result_document()
+    saved = db[store.IMPORT_RESULTS].find_one_and_replace(
+        {
+            "name": SYNC_RESULT_NAME,
+            "run_id": outcome.run_id,
+            "account_id": document["account_id"],
+            "type": outcome.contact_type,
+        },
+        document,
+        projection={"_id": 1},
+        upsert=True,
+        return_document=ReturnDocument.AFTER,
+    )
+    return saved["_id"]
+
+
+def apply_changes(
+    db, state: SyncState, changes: Sequence[CustomerChange], outcome: SyncOutcome
+) -> None:
+    """Write the customers' newest states and apply deletions; counts go to ``outcome``.
+
+    Live customers are matched and written as an import writes them (contacts without an email
+    key get theirs, then one query and one unordered bulk write), the most recently changed
+    first so that, as in an import, the newest of two customers with one email wins. Customers
+    whose contact already holds their values are not written at all.
+    """
+    contacts = db[store.CONTACTS]
+    target = UpsertTarget(
+        account_id=state.account_id,
+        contact_type=state.contact_type,
+        user_id=state.user_id,
+        new_contact=state.new_contact,
+        mappings=parse_mappings(state.mappings),
+    )
+    live = [change.customer for change in reversed(changes) if not change.deleted]
+    if live:
+        # Contacts the CRM created since the last run have no email key yet; give it to them
+        # first, as an import does, so a customer with their email matches them.
+        backfill_email_keys(contacts, target)
+        existing = find_existing_contacts(contacts, live, target)
+        by_customer_id = {
+            contact["stripe_customer_id"]: contact
+            for contact in existing
+            if isinstance(contact.get("stripe_customer_id"), str)
+        }
+        to_write = []
+        for customer in live:
+            contact = by_customer_id.get(customer["id"])
+            if contact is not None and holds_customer(contact, customer, target):
+                outcome.records_unchanged += 1
+                outcome.written_customer_ids.append(customer["id"])
+            else:
+                to_write.append(customer)
+        plan = plan_upserts(to_write, existing, target, SeenCustomers())
+        result = execute_plan(contacts, plan)
+        failed = {error.stripe_customer_id for error in result.errors}
+        outcome.written_customer_ids.extend(
+            customer_id for customer_id, _ in plan.customers if customer_id not in failed
+        )
+        outcome.records_added += result.added
+        outcome.records_updated += result.updated
+        outcome.records_skipped += result.skipped
+        outcome.duplicates += len(result.duplicates)
+        outcome.import_errors_count += len(result.errors)
+        room = MAX_LISTED_ERRORS - len(outcome.importerrors)
+        outcome.importerrors.extend(error.as_document() for error in result.errors[:room])
+        restore_archived(contacts, target, [customer_id for customer_id, _ in plan.customers])
+    deleted = [change for change in changes if change.deleted]
+    if state.deletion_policy == "archive":
+        outcome.records_archived += archive_contacts(contacts, target, deleted)
+    else:
+        outcome.deletions_kept += len(deleted)
+
+
+def holds_customer(
+    contact: Mapping[str, Any], customer: Mapping[str, Any], target: UpsertTarget
+) -> bool:
+    """Whether ``contact`` already has every value a sync of ``customer`` would write."""
+    try:
+        values = set_fields(map_customer(customer, target.mappings))
+    except ValueError:
+        return False
+    if not target.mappings:
+        return contact.get("stripe_customer_id") == values["stripe_customer_id"]
+    if values.get("email") is None:
+        values.pop("email", None)
+    return all(get_path(contact, path) == value for path, value in values.items())
+
+
+def archive_contacts(contacts, target: UpsertTarget, deleted: Sequence[CustomerChange]) -> int:
+    """Mark the contacts of deleted customers ``stripe_deleted`` (once); returns how many."""
+    operations = [
+        UpdateOne(
+            {
+                **target.scope(),
+                "stripe_customer_id": change.customer_id,
+                "stripe_deleted": {"$ne": True},
+            },
+            {
+                "$set": {
+                    "stripe_deleted": True,
+                    "stripe_deleted_at": datetime.fromtimestamp(change.created, UTC),
+                }
+            },
+        )
+        for change in deleted
+    ]
+    if not operations:
+        return 0
+    try:
+        outcome = contacts.bulk_write(operations, ordered=False).bulk_api_result
+    except BulkWriteError as error:
+        outcome = error.details
+    return outcome.get("nMatched", 0)
+
+
+def restore_archived(contacts, target: UpsertTarget, customer_ids: Sequence[str]) -> None:
+    """An archived contact that a live customer now writes (matched by email) is live again."""
+    if customer_ids:
+        contacts.update_many(
+            {
+                **target.scope(),
+                "stripe_customer_id": {"$in": list(customer_ids)},
+                "stripe_deleted": True,
+            },
+            {"$unset": {"stripe_deleted": "", "stripe_deleted_at": ""}},
+        )
+
+
+def describe_failure(error: Exception) -> str:
+    """A failure message for the state and the run page; never contains a key."""
+    if isinstance(error, stripe.AuthenticationError | stripe.PermissionError):
+        return f"Stripe rejected the account's billing key: {stripe_error_message(error)}"
+    if isinstance(error, stripe.StripeError) and is_transient(error):
+        return f"Stripe is unavailable: {stripe_error_message(error)}"
+    if isinstance(error, stripe.StripeError):
+        return f"Stripe refused the events listing: {stripe_error_message(error)}"
+    return f"MongoDB error: {type(error).__name__}: {error}"
