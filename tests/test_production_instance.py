@@ -21,6 +21,7 @@ import yaml
 from bson import ObjectId
 from dagster import (
     AssetKey,
+    AssetRecordsFilter,
     DagsterEventType,
     DagsterInstance,
     DagsterRunStatus,
@@ -259,7 +260,8 @@ def test_sensor_driven_import_is_recorded_in_postgres(instance_dir, db, mongo_ur
         )] == [run_id]  # fmt: skip
 
         materializations = instance.fetch_materializations(
-            AssetKey(["crm_contacts", account_id]), limit=10
+            AssetRecordsFilter(asset_key=AssetKey("crm_contacts"), asset_partitions=[account_id]),
+            limit=10,
         ).records
         assert [record.run_id for record in materializations] == [run_id]
         asset_counts = {

@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any, NoReturn, Protocol
 
 import stripe
@@ -44,7 +45,7 @@ from stripe_crm_pipelines.billing_import.batches import (
 )
 from stripe_crm_pipelines.billing_import.queue import Checkpoint, ClaimLost, ClaimState
 from stripe_crm_pipelines.billing_import.rate_limit import bucket_for_key
-from stripe_crm_pipelines.billing_import.requests import ImportRequest
+from stripe_crm_pipelines.billing_import.requests import ImportRequest, parse_import_request
 from stripe_crm_pipelines.billing_import.results import LISTING_WITHOUT_SNAPSHOT, ImportOutcome
 from stripe_crm_pipelines.billing_import.upsert import (
     SeenCustomers,
@@ -53,6 +54,8 @@ from stripe_crm_pipelines.billing_import.upsert import (
     recall_page,
     upsert_customers,
 )
+from stripe_crm_pipelines.billing_sync.events import events_cursor_at_start
+from stripe_crm_pipelines.billing_sync.state import EventsCursor, record_full_import
 from stripe_crm_pipelines.errors import is_transient
 from stripe_crm_pipelines.resources.stripe import RequestStats, stripe_error_message
 from stripe_crm_pipelines.stripe_keys import StripeKeyError, load_billing_credentials
@@ -213,6 +216,8 @@ def run_import(
     try:
         with ClaimWatch(connect or (lambda: db), claim.request.id, claim.run_id, log) as watch:
             watch.raise_if_stopped()
+            if claim.request.keep_in_sync and outcome.events_cursor is None:
+                outcome.events_cursor = events_cursor_at_start(client).as_document()
             _sync_batches(
                 db,
                 claim,
@@ -458,6 +463,36 @@ def _new_outcome(claim: queue.Claim, max_customers: int) -> ImportOutcome:
         started_at=claim.claimed_at,
         max_customers=max_customers,
         dry_run=request.dry_run,
+    )
+
+
+def keep_in_sync(db, outcome: ImportOutcome) -> ObjectId | None:
+    """After a completed ``keep_in_sync`` import, start keeping its account's contacts in step
+    from the event cursor taken when it began; returns the sync state's id (None: the request
+    did not ask for it)."""
+    if outcome.events_cursor is None or outcome.dry_run:
+        return None
+    document = queue.request_document(db, ObjectId(outcome.import_id))
+    if document is None:
+        return None
+    request = parse_import_request(document)
+    if not request.keep_in_sync:
+        return None
+    interval = document.get("sync_interval_seconds")
+    return record_full_import(
+        db,
+        account_id=request.account_id,
+        import_type=request.import_type,
+        user_id=request.user_id,
+        mappings=document.get("mappings"),
+        new_contact=request.new_contact,
+        deletion_policy=request.deletion_policy,
+        events_cursor=EventsCursor.from_document(outcome.events_cursor),
+        finished_at=outcome.finished_at or datetime.now(UTC),
+        parent_account=request.parent_account,
+        client_id=request.client_id,
+        import_id=request.id,
+        sync_interval_seconds=interval if isinstance(interval, int) and interval > 0 else None,
     )
 
 

@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from bson import ObjectId
-from dagster import AssetMaterialization, MetadataValue, TableColumn, TableRecord, TableSchema
+from dagster import MetadataValue, TableColumn, TableRecord, TableSchema
 
 from stripe_crm_pipelines.billing_import.results import LISTING_WITHOUT_SNAPSHOT, ImportOutcome
 
@@ -83,19 +83,15 @@ def closed_metadata(
     }
 
 
-def contacts_materialization(outcome: ImportOutcome, result_id: ObjectId) -> AssetMaterialization:
-    """The completed import as an event of the account's ``crm_contacts/<account id>`` asset, so
-    the asset catalog lists every account's import history."""
-    counts = {name: MetadataValue.int(value) for name, value in outcome.counts().items()}
-    return AssetMaterialization(
-        asset_key=["crm_contacts", outcome.account_id],
-        description=f"Stripe {outcome.contact_type} import {outcome.import_id}",
-        metadata={
-            **counts,
-            "import_id": MetadataValue.text(outcome.import_id),
-            "result_id": MetadataValue.text(str(result_id)),
-        },
-    )
+def import_asset_metadata(outcome: ImportOutcome, result_id: ObjectId) -> dict[str, Any]:
+    """What the account's ``crm_contacts`` partition records of a completed import, so the asset
+    catalog lists every account's import history."""
+    return {
+        **{name: MetadataValue.int(value) for name, value in outcome.counts().items()},
+        "stripe_requests": MetadataValue.int(outcome.stripe_requests),
+        "import_id": MetadataValue.text(outcome.import_id),
+        "result_id": MetadataValue.text(str(result_id)),
+    }
 
 
 def preview_table(preview: list[dict[str, Any]]) -> MetadataValue:

@@ -43,7 +43,7 @@ from stripe_crm_pipelines.billing_import.importer import (
 )
 from stripe_crm_pipelines.billing_import.metadata import (
     closed_metadata,
-    contacts_materialization,
+    import_asset_metadata,
     run_metadata,
 )
 from stripe_crm_pipelines.billing_import.queue import ClaimLost, NotClaimable
@@ -52,6 +52,7 @@ from stripe_crm_pipelines.billing_import.rate_limit import (
     TEST_REQUESTS_PER_SECOND,
 )
 from stripe_crm_pipelines.billing_import.results import ImportOutcome
+from stripe_crm_pipelines.catalog import account_events, ensure_account_partition
 from stripe_crm_pipelines.resources import MongoResource, StripeResource
 
 OBJECT_ID_PATTERN = r"^[0-9a-fA-F]{24}$"
@@ -197,14 +198,25 @@ def sync_customers(
 def record_import_result(
     context: OpExecutionContext, outcome: ImportOutcome, mongo: MongoResource
 ) -> str:
+    db = mongo.database()
     import_id = ObjectId(outcome.import_id)
-    result_id, closed = queue.complete(mongo.database(), import_id, context.run_id, outcome)
+    result_id, closed = queue.complete(db, import_id, context.run_id, outcome)
     if not closed:
         context.log.warning(
             f"Import request {import_id} is no longer claimed by this run; left unchanged"
         )
+    if closed and importer.keep_in_sync(db, outcome) is not None:
+        context.log.info(f"Account {outcome.account_id} is kept in step from now on")
     if not outcome.dry_run:  # a dry run changed no contact
-        context.log_event(contacts_materialization(outcome, result_id))
+        ensure_account_partition(context.instance, outcome.account_id)
+        for event in account_events(
+            db,
+            ObjectId(outcome.account_id),
+            outcome.contact_type,
+            description=f"Stripe {outcome.contact_type} import {outcome.import_id}",
+            metadata=import_asset_metadata(outcome, result_id),
+        ):
+            context.log_event(event)
     context.log.info(f"Import {import_id} completed; result {result_id}")
     context.add_output_metadata(
         {"result_id": MetadataValue.text(str(result_id)), **run_metadata(outcome)}

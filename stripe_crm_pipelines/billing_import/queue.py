@@ -317,6 +317,11 @@ def cancel(
     return close(db, import_id, run_id, outcome, status=CANCELLED, message=message)
 
 
+def request_document(db, import_id: ObjectId) -> Mapping[str, Any] | None:
+    """The request as stored (to read what a finished import was asked for)."""
+    return db[store.QUEUES].find_one({"_id": import_id})
+
+
 def enqueue(db, document: Mapping[str, Any]) -> ObjectId:
     """Insert a pending request built by :mod:`~stripe_crm_pipelines.billing_import.new_requests`
     (queued by a person, as the CRM would); returns its id."""

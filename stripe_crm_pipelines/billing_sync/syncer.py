@@ -261,7 +261,9 @@ def apply_changes(
         result = execute_plan(contacts, plan)
         failed = {error.stripe_customer_id for error in result.errors}
         outcome.written_customer_ids.extend(
-            customer_id for customer_id, _ in plan.customers if customer_id not in failed
+            change.stripe_customer_id
+            for change in plan.planned
+            if change.stripe_customer_id not in failed
         )
         outcome.records_added += result.added
         outcome.records_updated += result.updated
@@ -270,7 +272,7 @@ def apply_changes(
         outcome.import_errors_count += len(result.errors)
         room = MAX_LISTED_ERRORS - len(outcome.importerrors)
         outcome.importerrors.extend(error.as_document() for error in result.errors[:room])
-        restore_archived(contacts, target, [customer_id for customer_id, _ in plan.customers])
+        restore_archived(contacts, target, [change.stripe_customer_id for change in plan.planned])
     deleted = [change for change in changes if change.deleted]
     if state.deletion_policy == "archive":
         outcome.records_archived += archive_contacts(contacts, target, deleted)

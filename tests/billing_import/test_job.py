@@ -346,7 +346,11 @@ def test_a_completed_import_is_recorded_as_the_accounts_asset(db, mongo_uri, san
     result = run_import(mongo_uri, sandbox, import_id, instance)
 
     [materialization] = result.asset_materializations_for_node("record_import_result")
-    assert materialization.asset_key.path == ["crm_contacts", str(account_id)]
+    assert materialization.asset_key.path == ["crm_contacts"]
+    assert materialization.partition == str(account_id)
+    checks = result.get_asset_check_evaluations()
+    assert {check.check_name for check in checks} == {"unique_stripe_customer_ids", "unique_emails"}
+    assert all(check.passed and check.partition == str(account_id) for check in checks)
     assert materialization.metadata["customers_fetched"].value == 12
     assert op_metadata(result, "record_import_result")["result_id"] == str(
         import_result(db, import_id)["_id"]
