@@ -104,18 +104,14 @@ def _resources(database, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def import_process(conn: Connection, params: dict[str, Any]) -> None:
-    """A keep_in_sync import: cursor at the start, ``billing_contact_import``, then the state."""
+    """A keep_in_sync import (``billing_contact_import`` takes the events cursor when it starts
+    and records the sync state when it completes)."""
     from dagster import DagsterInstance
 
     from stripe_crm_pipelines import store
     from stripe_crm_pipelines.billing_import.job import billing_contact_import
-    from stripe_crm_pipelines.billing_sync.events import events_cursor_at_start
-    from stripe_crm_pipelines.billing_sync.state import record_full_import
-    from stripe_crm_pipelines.resources import StripeResource
 
     database = _database(params)
-    client = StripeResource(api_base=params["url"]).client(SECRET_KEY, ACCOUNT)
-    cursor = events_cursor_at_start(client)
     result = billing_contact_import.execute_in_process(
         run_config={
             "ops": {
@@ -131,21 +127,6 @@ def import_process(conn: Connection, params: dict[str, Any]) -> None:
     )
     request = database[store.QUEUES].find_one({"_id": params["import_id"]})
     [document] = database[store.IMPORT_RESULTS].find({"import_id": params["import_id"]})
-    if result.success:
-        record_full_import(
-            database,
-            account_id=request["account_id"],
-            import_type=request["type"],
-            user_id=request["user_id"],
-            mappings=request["mappings"],
-            new_contact=request["new_contact"],
-            deletion_policy=request.get("deletion_policy"),
-            events_cursor=cursor,
-            finished_at=request["finished_at"],
-            parent_account=request["parent_account"],
-            client_id=request["client_id"],
-            import_id=request["_id"],
-        )
     conn.send(
         {
             "success": result.success,

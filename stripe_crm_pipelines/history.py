@@ -39,17 +39,19 @@ COLUMNS = {
     "import_errors": "errors",
     "duplicates": "duplicates",
     "customers_fetched": "fetched",
-    "records_archived": "archived",
-    "events_read": "events",
     "stripe_requests": "stripe requests",
     "records_restored": "restored",
     "records_removed": "removed",
     "conflicts": "conflicts",
+    "records_archived": "archived",
+    "events_read": "events",
     "import_id": "import id",
     "reverted_import_id": "reverted import",
     "run_id": "run id",
     "error": "error",
 }
+SYNC_ONLY = ("records_archived", "events_read")
+"""Columns the table shows only when a sync is listed."""
 COUNT_COLUMNS = (
     "records_added",
     "records_updated",
@@ -193,6 +195,8 @@ def _table(frame: pd.DataFrame) -> str:
     hidden = set(TABLE_HIDDEN)
     if not (frame["kind"] == "revert").any():
         hidden.update(REVERT_ONLY)
+    if not (frame["kind"] == "sync").any():
+        hidden.update(SYNC_ONLY)
     if frame["error"].isna().all():
         hidden.add("error")
     shown = frame.drop(columns=sorted(hidden))

@@ -191,6 +191,8 @@ def test_json_is_machine_readable(results, capsys):
         "reverted_import_id": None,
         "run_id": "run-0900",
         "error": None,
+        "records_archived": None,
+        "events_read": None,
     }
     assert records[1]["error"] == (
         "Stripe rejected the account's key (401): the key was revoked in the Stripe dashboard; "
@@ -328,7 +330,6 @@ def test_syncs_show_with_their_kind_archived_events_and_stripe_requests(
     assert code == 0
     sync_line, import_line = out.splitlines()[1:]
     assert sync_line.split()[4:] == [
-        "completed", "person", "1", "7", "0", "0", "0", "-", "stripe-sync", "2", "12", "1",
-        "run-sync",
+        "completed", "sync", "person", "1", "7", "0", "0", "0", "-", "1", "2", "12", "run-sync",
     ]  # fmt: skip
-    assert import_line.split()[-5:] == ["stripe", "-", "-", "101", "run-0900"]
+    assert import_line.split()[-4:] == ["101", "-", "-", "run-0900"]

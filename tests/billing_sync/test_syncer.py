@@ -13,7 +13,6 @@ from bson import ObjectId
 from stripe_crm_pipelines import store
 from stripe_crm_pipelines.billing_sync.events import (
     EVENT_RETENTION_SECONDS,
-    events_cursor_at_start,
     read_customer_events,
 )
 from stripe_crm_pipelines.billing_sync.state import (
@@ -62,9 +61,9 @@ def keep_in_sync(
     deletion_policy: str = "keep",
     change_during_import=None,
 ) -> ObjectId:
-    """A completed keep_in_sync import of the account, as the import engine records it: the
-    cursor is taken before the import lists customers. ``change_during_import`` runs after the
-    import has read every customer and before it is recorded."""
+    """A completed keep_in_sync import of the account; the import engine takes the events cursor
+    before it lists customers and records the sync state when it completes.
+    ``change_during_import`` runs after the import has read every customer."""
     account_id = add_account(db, stripe_account=stripe_account)
     mappings = SEED_MAPPINGS if mappings is None else mappings
     import_id = add_request(
@@ -75,25 +74,11 @@ def keep_in_sync(
         keep_in_sync=True,
         deletion_policy=deletion_policy,
     )
-    cursor = events_cursor_at_start(stripe_client(sandbox, stripe_account))
     assert run_import(mongo_uri, sandbox, import_id, instance).success
     if change_during_import is not None:
         change_during_import()
-    request = db[store.QUEUES].find_one({"_id": import_id})
-    record_full_import(
-        db,
-        account_id=account_id,
-        import_type=request["type"],
-        user_id=request["user_id"],
-        mappings=request["mappings"],
-        new_contact=request["new_contact"],
-        deletion_policy=request["deletion_policy"],
-        events_cursor=cursor,
-        finished_at=request["finished_at"],
-        parent_account=request["parent_account"],
-        client_id=request["client_id"],
-        import_id=import_id,
-    )
+    state = load_sync_state(db, account_id, "person")
+    assert state is not None, "the completed keep_in_sync import started the account's sync"
     return account_id
 
 
