@@ -15,7 +15,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from stripe_crm_pipelines.billing_import import revert
+from stripe_crm_pipelines.billing_import import revert, tags
 from stripe_crm_pipelines.billing_import.ops import OBJECT_ID_PATTERN
 from stripe_crm_pipelines.resources import MongoResource
 
@@ -47,6 +47,15 @@ def revert_import(
         outcome = revert.revert_import(mongo.database(), import_id, run_id=context.run_id)
     except revert.RevertRefused as error:
         raise Failure(description=f"Not reverted: {error}", allow_retries=False) from None
+    # Launched by hand with only an id: tag the run as imports are, so filtering runs by account
+    # (the audit trail) finds the revert beside the import it undid.
+    context.instance.add_run_tags(
+        context.run_id,
+        {
+            tags.ACCOUNT_ID: str(outcome.account_id),
+            tags.IMPORT_ID: str(import_id),
+        },
+    )
     context.log.info(
         f"Reverted import {import_id}: {outcome.records_restored} contact(s) restored, "
         f"{outcome.records_removed} removed, {outcome.conflicts} conflict(s) left as they are; "

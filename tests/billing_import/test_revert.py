@@ -104,6 +104,10 @@ def test_revert_after_a_mapping_mistake_restores_every_field(db, mongo_uri, inst
     assert document["run_id"] == result.run_id
     request = db[store.QUEUES].find_one({"_id": import_id})
     assert request["reverted_at"] == document["finished_at"]
+    # Found by account in run history, beside the import it undid.
+    run_tags = instance.get_run_by_id(result.run_id).tags
+    assert run_tags["stripe_crm/account_id"] == str(request["account_id"])
+    assert run_tags["stripe_crm/import_id"] == str(import_id)
     assert request["revert_result_id"] == document["_id"]
     assert request["status"] == "completed"
     metadata = op_metadata(result, "revert_import")
