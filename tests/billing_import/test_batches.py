@@ -38,33 +38,6 @@ from tests.conftest import (
 WINDOWED = FetchSettings(concurrency=4, fan_out_after_seconds=0, window_pages=2, batch_size=250)
 
 
-@pytest.mark.parametrize("max_buffered_pages", [None, 1])
-def test_windows_list_every_customer_exactly_once_in_list_order(stripe_sandbox, max_buffered_pages):
-    newest_first = add_customers_sharing_seconds(stripe_sandbox, 1500, per_second=37)
-    settings = FetchSettings(
-        concurrency=4,
-        fan_out_after_seconds=0,
-        window_pages=2,
-        batch_size=250,
-        max_buffered_pages=max_buffered_pages,
-    )
-
-    batches = list_batches(stripe_sandbox, settings)
-
-    assert listed_ids(batches) == newest_first
-    assert [batch.has_more for batch in batches] == [True] * (len(batches) - 1) + [False]
-    assert all(len(batch.customers) <= 250 + 100 for batch in batches)
-    assert batches[-1].cursor == newest_first[-1]
-    requests = listing_requests(stripe_sandbox)
-    assert sum(batch.pages for batch in batches) == len(requests)
-    windows = {
-        (entry["query"]["created"].get("gte"), entry["query"]["created"]["lte"])
-        for entry in requests
-    }
-    assert len(windows) > 4, "the walk fanned out into windows"
-    assert all(int(entry["query"]["created"]["lte"]) <= SNAPSHOT for entry in requests)
-
-
 @pytest.mark.parametrize("min_batch_size", [None, 1000])
 def test_a_batch_goes_early_at_half_its_size_rather_than_keep_the_writer_waiting(
     stripe_sandbox, min_batch_size
