@@ -111,7 +111,7 @@ def account_events(
             asset_key=CRM_CONTACTS,
             partition=partition,
             description=description,
-            metadata={"contact_type": MetadataValue.text(contact_type), **metadata},
+            metadata={**metadata, "contact_type": MetadataValue.text(contact_type)},
         )
     ]
     checks = uniqueness_checks(db, account_id)
