@@ -282,6 +282,7 @@ def import_process(conn: Connection, params: dict[str, Any]) -> None:
             stream.write(line + "\n")
         stats = pstats.Stats(profile, stream=stream).sort_stats("cumulative")
         stats.print_stats(r"billing_import|memory_store|threading.py.*\(wait\)", 30)
+        stream.write("store round trips by collection method:\n" + round_trips.breakdown() + "\n")
         profile_text = stream.getvalue()
     conn.send(
         {

@@ -299,12 +299,22 @@ class RoundTrips:
     def __init__(self) -> None:
         self.count = 0
         self.seconds = 0.0
+        self.by_call: dict[str, list[float]] = {}
+        """``collection.method`` → [calls, seconds]: where the store time goes."""
         self._lock = threading.Lock()
 
-    def add(self, seconds: float) -> None:
+    def add(self, seconds: float, call: str = "") -> None:
         with self._lock:
             self.count += 1
             self.seconds += seconds
+            figures = self.by_call.setdefault(call, [0, 0.0])
+            figures[0] += 1
+            figures[1] += seconds
+
+    def breakdown(self) -> str:
+        """One line per ``collection.method``, the most time first."""
+        rows = sorted(self.by_call.items(), key=lambda item: -item[1][1])
+        return "\n".join(f"  {seconds:8.2f} s {calls:6d} x {call}" for call, (calls, seconds) in rows)
 
 
 class RemoteCollection:
@@ -362,7 +372,7 @@ class RemoteDatabase:
                 time.sleep(self._network_seconds)
             return self._service().call(collection, method, args, kwargs)
         finally:
-            self.round_trips.add(self._clock() - started)
+            self.round_trips.add(self._clock() - started, f"{collection}.{method}")
 
     def reset(self) -> None:
         self._service().reset()
