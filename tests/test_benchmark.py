@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
+from collections import OrderedDict
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+
+from bson import ObjectId
+from pymongo import UpdateOne
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,14 +68,158 @@ def test_the_benchmark_store_matches_the_import_lookup_as_mongomock_does(monkeyp
         {"type": "business", "email_key": "a@x.com"},
         {"type": "business", "stripe_customer_id": "cus_1"},
         {"type": "person", "stripe_customer_id": "cus_2"},
+        {"type": "person", "email": "b@x.com"},
+        {"type": "person", "email": ["b@x.com"], "email_key": None},
     ]
-    query = {
-        "$or": [
-            {"stripe_customer_id": {"$in": ["cus_1"]}},
-            {"type": "person", "email_key": {"$in": ["a@x.com"]}},
+    queries = [
+        {
+            "$or": [
+                {"stripe_customer_id": {"$in": ["cus_1"]}},
+                {"type": "person", "email_key": {"$in": ["a@x.com"]}},
+            ]
+        },
+        {"type": "person", "email": {"$type": "string"}, "email_key": None},
+        {"email_key": None},
+    ]
+
+    for query in queries:
+        fast = list(_matching(query, documents))
+        assert fast == [d for d in documents if filter_applies(query, d)], query
+
+
+def strict(value):
+    """A value with its types and key order spelled out, so equal means identical."""
+    if dataclasses.is_dataclass(value):
+        return (type(value).__name__, strict(dataclasses.asdict(value)))
+    if hasattr(value, "raw_result"):  # the client's connection number aside
+        result = {key: item for key, item in value.raw_result.items() if key != "connectionId"}
+        return (type(value).__name__, strict(result))
+    if isinstance(value, dict):
+        return (type(value).__name__, [(key, strict(item)) for key, item in value.items()])
+    if isinstance(value, list | tuple):
+        return (type(value).__name__, [strict(item) for item in value])
+    return (type(value).__name__, value)
+
+
+def test_the_benchmark_store_copies_as_mongomock_does(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import mongomock.collection
+    import mongomock.helpers
+    from memory_store import _fast_copy_field, fast_patch_datetime_awareness, fast_timezone_aware
+
+    aware = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=timezone(timedelta(hours=2)))
+    values = [
+        {"a": [1, 2.5, None, True, "x", ObjectId()], "b": {"c": aware, "d": (1, 2)}},
+        OrderedDict([("z", 1), ("a", {"n": aware.replace(tzinfo=None)})]),
+        ["é", b"bytes", {"when": aware}],
+        aware,
+        7,
+    ]
+
+    for value in values:
+        assert strict(fast_patch_datetime_awareness(value)) == strict(
+            mongomock.helpers.patch_datetime_awareness_in_document(value)
+        )
+        assert strict(fast_timezone_aware(value)) == strict(
+            mongomock.helpers.make_datetime_timezone_aware_in_document(value)
+        )
+        assert strict(_fast_copy_field(value, dict)) == strict(
+            mongomock.collection._copy_field(value, dict)
+        )
+
+
+def test_the_benchmark_store_writes_and_answers_as_mongomock_does(monkeypatch):
+    """The import's own writes and reads, and the asset checks, on the benchmark store and on
+    plain mongomock: every document stored and every answer are identical."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import memory_store
+    import mongomock
+    import mongomock.database
+
+    from stripe_crm_pipelines import store
+    from stripe_crm_pipelines.billing_import import upsert
+    from stripe_crm_pipelines.billing_import.mapping import parse_mappings
+    from stripe_crm_pipelines.contact_health import duplicate_values
+    from stripe_crm_pipelines.sandbox.data import CustomerGenerator
+
+    customers = [c.to_api() for c in CustomerGenerator(5, "acct_1Equal").generate(400)][::-1]
+    customers[3]["name"] = "Zoë Ångström"
+    customers[4]["address"] = None
+    account, other_account, owner = ObjectId(), ObjectId(), ObjectId()
+    emails = [customer["email"] for customer in customers if customer["email"]]
+    existing = [
+        *({"parent_account": account, "type": "person", "email": e.upper()} for e in emails[::7]),
+        *({"parent_account": account, "type": "person", "email": e} for e in emails[:40:9]),
+        {"parent_account": account, "type": "business", "stripe_customer_id": customers[1]["id"]},
+        {"parent_account": account, "type": "person", "email": emails[2], "address": "a string"},
+        {"parent_account": account, "type": "person", "email": [emails[5]], "tags": ["x"]},
+        {"parent_account": other_account, "type": "person", "email": emails[0]},
+    ]
+    target = upsert.UpsertTarget(
+        account_id=account,
+        contact_type="person",
+        user_id=owner,
+        new_contact=True,
+        mappings=parse_mappings({"name": "name", "phone": "phone", "address-city": "address.city"}),
+        import_id=ObjectId(),
+    )
+    when = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+
+    class FixedDatetime(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return when
+
+    def run(collection_class) -> list:
+        monkeypatch.setattr(mongomock.database, "Collection", collection_class)
+        ids = iter(range(1 << 40, 1 << 41))
+        monkeypatch.setattr(upsert, "ObjectId", lambda: ObjectId(f"{next(ids):024x}"))
+        monkeypatch.setattr(upsert, "datetime", FixedDatetime)
+        db = mongomock.MongoClient(tz_aware=True)["crm"]
+        store.ensure_indexes(db)
+        contacts, changes = db[store.CONTACTS], db[store.IMPORT_CHANGES]
+        contacts.insert_many([{"_id": ObjectId(f"{n:024x}"), **c} for n, c in enumerate(existing)])
+        answers: list = [upsert.backfill_email_keys(contacts, target)]
+        seen = upsert.SeenCustomers()
+        for start in range(0, len(customers), 150):
+            page = customers[start : start + 150]
+            answers.append(upsert.upsert_customers(contacts, page, target, seen, changes))
+        answers.append(contacts.update_one({"email": emails[2]}, {"$set": {"address.city": "X"}}))
+        answers.append(
+            contacts.bulk_write(
+                [
+                    UpdateOne({"_id": ObjectId(f"{0:024x}")}, {"$set": {"phone": "1"}}),
+                    UpdateOne(
+                        {"email_key": "nobody@x.com"},
+                        {"$set": {"a": 1}, "$setOnInsert": {"_id": "new"}},
+                        upsert=True,
+                    ),
+                ],
+                ordered=False,
+            ).bulk_api_result
+        )
+        for key in ("stripe_customer_id", "email_key"):
+            answers.append(duplicate_values(db, account, key))
+        answers.append(list(contacts.find({"type": "person"}, {"email": 1, "_id": 0})))
+        return [
+            strict(answers),
+            strict(list(contacts._store._documents.values())),
+            strict(list(changes._store._documents.values())),
         ]
-    }
 
-    fast = list(_matching(query, documents))
+    with monkeypatch.context() as patched:
+        patched.setattr(
+            mongomock.helpers,
+            "patch_datetime_awareness_in_document",
+            memory_store.fast_patch_datetime_awareness,
+        )
+        patched.setattr(
+            mongomock.helpers,
+            "make_datetime_timezone_aware_in_document",
+            memory_store.fast_timezone_aware,
+        )
+        patched.setattr(mongomock.collection, "_copy_field", memory_store._fast_copy_field)
+        fast = run(memory_store.IndexedCollection)
+    plain = run(mongomock.Collection)
 
-    assert fast == [d for d in documents if filter_applies(query, d)] == documents[::2]
+    assert fast == plain
