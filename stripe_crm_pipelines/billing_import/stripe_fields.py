@@ -8,7 +8,9 @@ types without fields (``metadata``) takes any key below it. Both addresses (``ad
 ``street``, ``state_province`` and ``zip``.
 
 So the set moves with the pinned ``stripe`` package rather than with a hand-kept list: a field
-Stripe adds appears when the SDK is upgraded.
+Stripe adds appears when the SDK is upgraded. The tree is built when this module is imported
+(about 0.2 s, mostly the SDK loading its resource modules), so that a run that claims an import
+does not wait for it between the claim and the first Stripe request.
 """
 
 from __future__ import annotations
@@ -124,3 +126,6 @@ def _object_types(annotation: object) -> list[type]:
     ):
         return [kind]
     return []
+
+
+customer_fields()

@@ -39,7 +39,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from bson import ObjectId
 from pymongo import UpdateOne
@@ -154,9 +154,9 @@ class SkippedCustomer:
         }
 
 
-@dataclass(frozen=True)
-class FieldChange:
-    """One field's value before and after the import; ``existed`` is False when it was absent."""
+class FieldChange(NamedTuple):
+    """One field's value before and after the import; ``existed`` is False when it was absent
+    (a named tuple: an import makes one per field it writes)."""
 
     before: Any
     after: Any

@@ -10,26 +10,33 @@ take 20 s while the rate limit (25 requests/s on test keys) would allow 4 s. A
   started, so customers created while it runs are neither imported nor shift any page.
 * It starts as one sequential walk, and fans out once that walk has listed for
   :attr:`WindowSettings.fan_out_after_seconds` (pages listed, at least two, times the fastest
-  page, so retries and rate-limit waits do not count). Small accounts finish before, without a
-  single extra request.
+  page, so retries and rate-limit waits do not count): two pages of 200 ms. Small accounts
+  finish before, without a single extra request.
 * Fanning out: the owner of the open-ended oldest window cuts it by the density its last page
-  showed (the seconds 100 customers span) into a chunk of about
-  :attr:`WindowSettings.window_pages` pages per idle worker, the last chunk open-ended again;
-  only a listed page shows that the listing goes on, so no request is spent on seconds older
+  showed (the seconds 100 customers span) into chunks of about
+  :attr:`WindowSettings.window_pages` pages, until every worker the rate can serve walks a
+  window and one more window waits for the next worker done, the last chunk open-ended again;
+  only a listed page shows that the listing goes on, so few requests are spent on seconds older
   than the oldest customer. At the first fan-out the chunks grow from :data:`RAMP_PAGES` pages
   instead, so the newest windows, which are handed over first, end first (:func:`cut_open`).
-  An idle worker also steals the older half of the bounded window with the most pages left
-  (:func:`steal_older_half`). Windows are disjoint ranges of whole seconds: customers created in
-  the same second are never split across two windows, and the part of a second after a window's
-  cursor stays with that window.
+  Every window ends with a partial page, so windows are cut only as workers need them: while
+  the open-ended window is walked, its owner cuts the next ones. Once the listing's end is
+  known, an idle worker steals the older half of the bounded window with the most pages left
+  (:func:`steal_older_half`), so the last windows end together; a page that was in flight
+  when its window lost its older half keeps only the customers still in the window.
+  Windows are disjoint ranges of whole seconds: customers created in the same second are never
+  split across two windows, and the part of a second after a window's cursor stays with that
+  window.
 * Order: pages are handed over newest first, exactly in the order of one sequential walk (window
   after window, each in list order), however the windows were fetched. So the first customer
   with an email still wins over older ones, a checkpoint is one cursor, and ``max_customers``
   keeps the newest.
 * Width: no more windows are walked at once than the rate limit can serve at the pace of the
-  pages (:attr:`WindowSettings.requests_per_second`): 6 for 25 requests/s and 200 ms pages, up
-  to :attr:`WindowSettings.concurrency` (16) for live keys. Windows beyond that would only wait
-  for tokens, and every window costs a partial page.
+  pages (:attr:`WindowSettings.requests_per_second`), plus one whose request waits for a token
+  so that none is lost to jitter: 7 for 25 requests/s and 200 ms pages, up to
+  :attr:`WindowSettings.concurrency` (16) for live keys. Windows beyond that would only wait
+  for tokens, and every window costs a partial page. Worker threads start as the walk needs
+  them: one for the sequential start, the rest when it fans out.
 * Flow: when requests wait for the rate limiter, those of newer windows go first (see
   :func:`~stripe_crm_pipelines.billing_import.rate_limit.request_priority`), so the window being
   handed over is never starved by those behind it.
@@ -48,6 +55,7 @@ The pure parts (the settings, a window, cutting and stealing) are plain function
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -67,13 +75,14 @@ from stripe_crm_pipelines.billing_import.rate_limit import request_priority
 
 DEFAULT_CONCURRENCY = 16
 DEFAULT_BUFFERED_PAGES = 80
-DEFAULT_FAN_OUT_AFTER_SECONDS = 0.5
+DEFAULT_FAN_OUT_AFTER_SECONDS = 0.2
 DEFAULT_WINDOW_PAGES = 10
 RAMP_PAGES = 2
 """Pages of the first window cut at the first fan-out; the next windows grow by as much."""
-MIN_SPLIT_PAGES = 3
+MIN_SPLIT_PAGES = 2
 """A bounded window is split only if at least this many pages are estimated to be left in it:
-every window ends with a partial page, so a split costs about half a request."""
+every window ends with a partial page, so a split costs about half a request, and saves a page
+round (200 ms) only when each half has a page or more to list."""
 STOP_TIMEOUT_SECONDS = 5.0
 
 
@@ -86,9 +95,9 @@ class WindowSettings:
     ``created[gte]``."""
     requests_per_second: float | None = None
     """The rate limit the requests wait for. With it, the walk keeps only as many windows going
-    as that rate can serve at the pace of its pages (``rate * page seconds + 1``; 6 for 25
-    requests/s and 200 ms pages): more would only wait for tokens, and each extra window costs
-    a partial page."""
+    as that rate can serve at the pace of its pages (``rate * page seconds``, rounded up, plus
+    one; 7 for 25 requests/s and 200 ms pages): more would only wait for tokens, and each extra
+    window costs a partial page."""
     fan_out_after_seconds: float = DEFAULT_FAN_OUT_AFTER_SECONDS
     """How long the walk stays sequential before it splits into windows."""
     window_pages: int = DEFAULT_WINDOW_PAGES
@@ -236,13 +245,13 @@ class _Pace:
             self.fanned_out = True
 
     def window_limit(self) -> int:
-        """Windows walked at once: what the rate limit can serve at the pace of the pages seen
-        (plus one, so a window between two pages leaves no token unused), up to
-        ``concurrency``."""
+        """Windows walked at once: what the rate limit can serve at the pace of the pages seen,
+        rounded up, plus one whose request waits for a token (so no token goes unused between
+        two pages), up to ``concurrency``."""
         rate = self.settings.requests_per_second
         if rate is None or self.fastest_page_seconds == float("inf"):
             return self.settings.concurrency
-        needed = round(rate * self.fastest_page_seconds) + 1
+        needed = math.ceil(rate * self.fastest_page_seconds) + 1
         return max(1, min(self.settings.concurrency, needed))
 
 
@@ -278,8 +287,6 @@ class WindowedWalk:
         self._listed_customers = 0
         self._walking = 0
         """Workers walking a window."""
-        self._waiting = 0
-        """Workers waiting for a window while fewer than the window limit walk one."""
         self._error: BaseException | None = None
         self._stopped = False
         self._threads: list[threading.Thread] = []
@@ -291,19 +298,16 @@ class WindowedWalk:
         return self._snapshot
 
     def __enter__(self) -> WindowedWalk:
-        workers = self._settings.concurrency if self._snapshot else 1
-        for index in range(workers):
-            thread = threading.Thread(
-                target=self._work, name=f"stripe-customers-{index}", daemon=True
-            )
-            thread.start()
-            self._threads.append(thread)
+        with self._lock:
+            self._start_workers(1)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
         deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
-        for thread in self._threads:
+        with self._lock:
+            threads = list(self._threads)
+        for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
 
     def stop(self) -> None:
@@ -351,6 +355,16 @@ class WindowedWalk:
 
     # --- the workers -----------------------------------------------------------------------
 
+    def _start_workers(self, count: int) -> None:
+        """Have ``count`` worker threads (called with the lock held): one walks the sequential
+        start, the others start when the walk fans out, as many as windows may be walked."""
+        while len(self._threads) < count and not self._stopped:
+            thread = threading.Thread(
+                target=self._work, name=f"stripe-customers-{len(self._threads)}", daemon=True
+            )
+            self._threads.append(thread)
+            thread.start()
+
     def _work(self) -> None:
         try:
             while (window := self._claim()) is not None:
@@ -368,8 +382,9 @@ class WindowedWalk:
                 self._lock.notify_all()
 
     def _claim(self) -> Window | None:
-        """The window this worker walks next: an unclaimed one, else the older half of one
-        being walked; None when every window is listed or the walk stopped."""
+        """The window this worker walks next: an unclaimed one, else (once the listing's end is
+        known) the older half of one being walked; None when every window is listed or the walk
+        stopped."""
         with self._lock:
             while not self._stopped:
                 open_windows = [window for window in self._windows if not window.listed]
@@ -379,15 +394,15 @@ class WindowedWalk:
                     self._lock.wait()
                     continue
                 window = next((w for w in open_windows if not w.claimed), None)
-                if window is None and self._pace.fanned_out:
+                # While the open-ended window is walked, its owner cuts new windows; once the
+                # listing's end is known, idle workers split the windows left instead.
+                if window is None and self._pace.fanned_out and open_windows[-1].lo is not None:
                     window = self._steal(open_windows)
                 if window is not None:
                     window.claimed = True
                     self._walking += 1
                     return window
-                self._waiting += 1
                 self._lock.wait()
-                self._waiting -= 1
             return None
 
     def _steal(self, open_windows: list[Window]) -> Window | None:
@@ -433,11 +448,19 @@ class WindowedWalk:
                 raise
             seconds = self._clock() - started
             with self._lock:
+                if window.lo is not None and window.lo != lo:
+                    # A thief took the window's older part while this page was fetched: the
+                    # customers older than the window's new start are the thief's to list.
+                    kept = [c for c in customers if c["created"] >= window.lo]
+                    if len(kept) < len(customers):
+                        customers, has_more = kept, False
                 window.record_page(customers, has_more)
                 self._buffered += 1
                 self._listed_customers += len(customers)
                 if has_more:
                     self._maybe_fan_out(seconds)
+                    if self._pace.fanned_out:
+                        self._start_workers(self._pace.window_limit())
                     if self._pace.fanned_out and window.lo is None:
                         self._cut_open_window(window)
                 self._lock.notify_all()
@@ -455,10 +478,11 @@ class WindowedWalk:
             return True
 
     def _cut_open_window(self, window: Window) -> None:
-        """Give each waiting worker a window cut off the open-ended ``window`` (see
-        :func:`cut_open`), ramping up when ``window`` is the one being handed over."""
+        """Cut windows off the open-ended ``window`` (see :func:`cut_open`) until every worker
+        the rate can serve walks one and one more is ready for the next worker done, ramping up
+        when ``window`` is the one being handed over."""
         unclaimed = sum(1 for w in self._windows if not w.claimed and not w.listed)
-        wanted = min(self._waiting, self._pace.window_limit() - self._walking) - unclaimed
+        wanted = self._pace.window_limit() + 1 - self._walking - unclaimed
         cut = cut_open(window, wanted, self._settings.window_pages, ramp=window is self._windows[0])
         at = self._windows.index(window) + 1
         self._windows[at:at] = cut
