@@ -14,12 +14,21 @@ for a MongoDB on another host. Then, each in a fresh process and on a freshly re
 1. the real ``billing_contact_import`` job (claim → sync → record) with its production defaults;
 2. the seed's algorithm (``seed_baseline.py``): one sequential walk with SDK objects, per
    customer a find then an insert or update;
-3. the import again with ``--memory-customers`` customers, for its peak memory.
+3. the import again with ``--memory-customers`` customers (100,000), for its time and peak
+   memory at that size.
+
+An import's time is claim → completed: from its request's ``claimed_at`` to its ``finished_at``
+(recording the result in the asset catalog, with the asset checks, follows and is shown apart).
+The rate-limit bound is the fewest seconds any import can take: one request per 100 customers
+at ``--rate-limit`` requests/s (4.0 s for 10,000 customers at 25/s).
 
 Printed for each: wall seconds, customers/s, Stripe list requests, the fetch phase (first to
-last Stripe request), MongoDB round trips per 1,000 customers (every collection method call is
-one), peak RSS, and the ratios; then a field-mapping micro-benchmark on one core, the targets,
-and a one-line summary. ``--profile`` writes a cProfile of the import's op thread.
+last Stripe request) and what comes before and after it, MongoDB round trips per 1,000
+customers (every collection method call is one), peak RSS, and the ratios; then the targets
+(the import within 1.15x of the rate-limit bound at both sizes, peak RSS at 100,000 at most 1.3x
+that at 10,000, at most 5 round trips per 1,000 customers) and a one-line summary. ``--profile``
+adds a timeline, the CPU seconds of each process, a cProfile of the import's op thread and the
+store time per collection method.
 """
 
 from __future__ import annotations
@@ -57,12 +66,10 @@ MAPPINGS = {
     "shipping-address-city": "shipping.address.city",
 }
 
-TARGET_FETCH_RATIO = 1.5
+TARGET_BOUND_RATIO = 1.15
+"""Import (claim → completed) at most this many times the rate-limit bound, at either size."""
 TARGET_ROUND_TRIPS = 5.0
-TARGET_SPEEDUP = 10.0
-TARGET_WALL_SECONDS = 15.0
 TARGET_RSS_RATIO = 1.3
-TARGET_MAPPING_PER_SECOND = 50_000
 
 
 @dataclass
@@ -78,9 +85,17 @@ class RunFigures:
     stripe_requests: int = 0
     throttled: int = 0
     fetch_seconds: float = 0.0
+    first_request_seconds: float | None = None
+    """Claim → first Stripe request."""
+    tail_seconds: float | None = None
+    """End of the last Stripe request → completed."""
     added: int = 0
     updated: int = 0
     detail: str = ""
+
+    def bound_ratio(self, rate_limit: float) -> float:
+        """Wall seconds over the rate-limit bound: the pages at ``rate_limit`` requests/s."""
+        return self.wall_seconds / rate_limit_bound(self.customers, rate_limit)
 
     @property
     def per_second(self) -> float:
@@ -89,6 +104,11 @@ class RunFigures:
     @property
     def round_trips_per_1000(self) -> float:
         return self.round_trips * 1000 / self.customers if self.customers else 0.0
+
+
+def rate_limit_bound(customers: int, rate_limit: float) -> float:
+    """The fewest seconds any import can list ``customers`` in: one request per page."""
+    return math.ceil(customers / PAGE_SIZE) / rate_limit
 
 
 # --- the sandbox process ---------------------------------------------------------------------
@@ -111,11 +131,12 @@ def sandbox_process(conn: Connection, customers: int, latency_ms: float, rate_li
                     "throttled": sum(1 for entry in listing if entry["status"] == 429),
                     "first": min((e["time"] for e in listing), default=0.0),
                     "last": max((e["time"] + e["duration_ms"] / 1000 for e in listing), default=0),
+                    "cpu": time.process_time(),
                 }
             )
         elif command == "clear":
             server.state.clear_requests()
-            conn.send(True)
+            conn.send(time.process_time())
         else:
             server.stop()
             conn.send(True)
@@ -256,6 +277,8 @@ def import_process(conn: Connection, params: dict[str, Any]) -> None:
         }
     }
     profile = cProfile.Profile() if params.get("profile") else None
+    store_cpu = database.cpu_seconds()
+    own_cpu = _cpu_seconds()
     started = time.perf_counter()
     if profile:
         profile.enable()
@@ -270,11 +293,12 @@ def import_process(conn: Connection, params: dict[str, Any]) -> None:
     if profile:
         profile.disable()
     run_seconds = time.perf_counter() - started
+    cpu = {"import": _cpu_seconds() - own_cpu, "store": database.cpu_seconds() - store_cpu}
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     counted = (round_trips.count, round_trips.seconds)
     remote = RemoteDatabase(address, authkey)
     [document] = remote[store.IMPORT_RESULTS].find({})
-    claimed_at = remote[store.QUEUES].find_one({"_id": params["import_id"]})["claimed_at"]
+    request = remote[store.QUEUES].find_one({"_id": params["import_id"]})
     profile_text = ""
     if profile:
         stream = io.StringIO()
@@ -287,8 +311,14 @@ def import_process(conn: Connection, params: dict[str, Any]) -> None:
     conn.send(
         {
             "success": result.success,
-            "wall": (ended - claimed_at).total_seconds(),
+            # The import ends when its request is completed; recording it in the asset
+            # catalog (the asset checks) follows.
+            "wall": (request["finished_at"] - request["claimed_at"]).total_seconds(),
+            "claimed": request["claimed_at"].timestamp(),
+            "finished": request["finished_at"].timestamp(),
+            "recorded": (ended - request["finished_at"]).total_seconds(),
             "run_seconds": run_seconds,
+            "cpu": cpu,
             "peak": peak,
             "round_trips": counted,
             "customers": document.get("customers_fetched", 0),
@@ -355,8 +385,13 @@ def baseline_process(conn: Connection, params: dict[str, Any]) -> None:
     )
 
 
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def measure(context, target, params: dict[str, Any], sandbox: Sandbox, name: str) -> RunFigures:
-    sandbox.ask("clear")
+    sandbox_cpu = sandbox.ask("clear")
     receive, child = context.Pipe()
     process = context.Process(target=target, args=(child, params))
     process.start()
@@ -378,40 +413,28 @@ def measure(context, target, params: dict[str, Any], sandbox: Sandbox, name: str
         stripe_requests=stats["requests"],
         throttled=stats["throttled"],
         fetch_seconds=stats["last"] - stats["first"],
+        first_request_seconds=stats["first"] - answer["claimed"] if "claimed" in answer else None,
+        tail_seconds=answer["finished"] - stats["last"] if "finished" in answer else None,
         added=answer["added"],
         updated=answer["updated"],
     )
     if "run_seconds" in answer:
         figures.detail = (
-            f"wall seconds are claim to completed; the whole execute_in_process call, Dagster's "
-            f"run start included, took {answer['run_seconds']:.2f} s"
+            f"wall seconds are claim to completed (the request's finished_at); recording the "
+            f"result and the asset checks took {answer['recorded']:.2f} s more, the whole "
+            f"execute_in_process call {answer['run_seconds']:.2f} s"
         )
     if answer.get("profile"):
         started = answer["run_started"]
+        cpu = answer["cpu"]
         params["profile_text"] = (
             f"Stripe requests from {stats['first'] - started:.2f} s to "
-            f"{stats['last'] - started:.2f} s after the run started\n" + answer["profile"]
+            f"{stats['last'] - started:.2f} s after the run started\n"
+            f"CPU seconds during the run: import process {cpu['import']:.2f}, store server "
+            f"{cpu['store']:.2f}, Stripe sandbox {stats['cpu'] - sandbox_cpu:.2f}\n"
+            + answer["profile"]
         )
     return figures
-
-
-# --- mapping micro-benchmark ---------------------------------------------------------------------
-
-
-def mapping_per_second(count: int = 20_000, rounds: int = 5) -> float:
-    """Customers mapped per second (``map_customer`` + ``set_fields``), best of ``rounds``."""
-    from stripe_crm_pipelines.billing_import.mapping import map_customer, parse_mappings, set_fields
-    from stripe_crm_pipelines.sandbox.data import CustomerGenerator
-
-    customers = [c.to_api() for c in CustomerGenerator(SEED, ACCOUNT).generate(count)]
-    mappings = parse_mappings(MAPPINGS)
-    best = math.inf
-    for _ in range(rounds):
-        started = time.perf_counter()
-        for customer in customers:
-            set_fields(map_customer(customer, mappings))
-        best = min(best, time.perf_counter() - started)
-    return count / best
 
 
 # --- report -----------------------------------------------------------------------------------
@@ -422,9 +445,8 @@ def report(
     ours: RunFigures,
     seed: RunFigures | None,
     large: RunFigures | None,
-    mapping: float,
 ) -> list[str]:
-    bound = math.ceil(args.customers / PAGE_SIZE) / args.rate_limit
+    bound = rate_limit_bound(args.customers, args.rate_limit)
     lines = [
         f"Import throughput: {args.customers:,} customers, {args.existing:,} existing contacts "
         f"({args.existing // 2:,} matching), {args.latency_ms:g} ms pages, "
@@ -441,13 +463,13 @@ def report(
     def row(label: str, mine: str, theirs: str = "", ratio: str = "") -> None:
         lines.append(f"{label:34}{mine:>14}{theirs:>16}{ratio:>10}".rstrip())
 
-    other = seed or ours
     row(
         "wall seconds",
         f"{ours.wall_seconds:.2f}",
         f"{seed.wall_seconds:.2f}" if seed else "-",
         f"{seed.wall_seconds / ours.wall_seconds:.1f}x" if seed else "",
     )
+    row("  rate-limit bound, s", f"{bound:.2f}")
     row("customers/s", f"{ours.per_second:,.0f}", f"{seed.per_second:,.0f}" if seed else "-")
     row(
         "Stripe list requests (429s)",
@@ -458,8 +480,10 @@ def report(
         "fetch phase seconds",
         f"{ours.fetch_seconds:.2f}",
         f"{seed.fetch_seconds:.2f}" if seed else "-",
-        f"{other.fetch_seconds / ours.fetch_seconds:.1f}x" if seed else "",
+        f"{seed.fetch_seconds / ours.fetch_seconds:.1f}x" if seed else "",
     )
+    row("  claim → first Stripe request, s", f"{ours.first_request_seconds:.2f}")
+    row("  last Stripe request → done, s", f"{ours.tail_seconds:.2f}")
     row(
         "MongoDB round trips / 1,000",
         f"{ours.round_trips_per_1000:.1f}",
@@ -482,50 +506,44 @@ def report(
         f"{seed.added}/{seed.updated}" if seed else "-",
     )
     lines.append(f"import: {ours.detail}")
+    if seed:
+        # No import can list the customers faster than the rate limit allows.
+        lines.append(
+            f"seed algorithm: {seed.wall_seconds / ours.wall_seconds:.1f}x the import's time; "
+            f"the rate-limit bound caps any import at {seed.wall_seconds / bound:.1f}x on this run"
+        )
     lines.append("")
     checks = [
         (
-            f"fetch phase {ours.fetch_seconds:.2f} s = {ours.fetch_seconds / bound:.2f}x the "
-            f"rate-limit bound {bound:.1f} s",
-            ours.fetch_seconds / bound <= TARGET_FETCH_RATIO,
-            f"<= {TARGET_FETCH_RATIO}x",
+            f"import {ours.wall_seconds:.2f} s = {ours.bound_ratio(args.rate_limit):.2f}x the "
+            f"rate-limit bound {bound:.1f} s at {ours.customers:,} customers",
+            ours.bound_ratio(args.rate_limit) <= TARGET_BOUND_RATIO,
+            f"<= {TARGET_BOUND_RATIO}x",
         ),
         (
             f"{ours.round_trips_per_1000:.1f} MongoDB round trips per 1,000 customers",
             ours.round_trips_per_1000 <= TARGET_ROUND_TRIPS,
             f"<= {TARGET_ROUND_TRIPS:g}",
         ),
-        (
-            f"whole import {ours.wall_seconds:.2f} s",
-            ours.wall_seconds < TARGET_WALL_SECONDS,
-            f"< {TARGET_WALL_SECONDS:g} s",
-        ),
-        (
-            f"field mapping {mapping:,.0f} customers/s on one core",
-            mapping >= TARGET_MAPPING_PER_SECOND,
-            f">= {TARGET_MAPPING_PER_SECOND:,}",
-        ),
     ]
-    if seed:
-        speedup = seed.wall_seconds / ours.wall_seconds
-        # No import can list the customers faster than the rate limit allows.
-        ceiling = seed.wall_seconds / bound
-        checks.append(
-            (
-                f"{speedup:.1f}x faster than the seed algorithm; the rate-limit bound caps any "
-                f"import at {ceiling:.1f}x on this run",
-                speedup >= TARGET_SPEEDUP,
-                f">= {TARGET_SPEEDUP:g}x",
-            )
-        )
     if large:
+        large_bound = rate_limit_bound(large.customers, args.rate_limit)
         ratio = large.peak_rss_bytes / ours.peak_rss_bytes
+        checks[1:1] = [
+            (
+                f"import {large.wall_seconds:.1f} s = {large.bound_ratio(args.rate_limit):.2f}x "
+                f"the rate-limit bound {large_bound:.1f} s at {large.customers:,} customers "
+                f"(first Stripe request {large.first_request_seconds:.2f} s after the claim, "
+                f"done {large.tail_seconds:.2f} s after the last; "
+                f"{large.round_trips_per_1000:.1f} round trips/1,000)",
+                large.bound_ratio(args.rate_limit) <= TARGET_BOUND_RATIO,
+                f"<= {TARGET_BOUND_RATIO}x",
+            ),
+        ]
         checks.append(
             (
                 f"peak RSS {large.peak_rss_bytes / 2**20:.0f} MB at {large.customers:,} customers"
-                f" = {ratio:.2f}x the {ours.customers:,}-customer run "
-                f"({large.wall_seconds:.1f} s, {large.per_second:,.0f}/s, "
-                f"{large.round_trips_per_1000:.1f} round trips/1,000)",
+                f" = {ratio:.2f}x the {ours.customers:,}-customer run",
                 ratio <= TARGET_RSS_RATIO,
                 f"<= {TARGET_RSS_RATIO}x",
             )
@@ -536,17 +554,20 @@ def report(
     lines.append("")
     summary = (
         f"summary: {ours.customers:,} customers imported in {ours.wall_seconds:.2f} s "
-        f"({ours.per_second:,.0f}/s)"
+        f"({ours.per_second:,.0f}/s), import {ours.bound_ratio(args.rate_limit):.2f}x the "
+        f"rate-limit bound"
     )
+    if large:
+        summary += (
+            f"; {large.customers:,} in {large.wall_seconds:.1f} s, "
+            f"{large.bound_ratio(args.rate_limit):.2f}x"
+        )
     if seed:
         summary += (
-            f", {seed.wall_seconds / ours.wall_seconds:.1f}x faster than the seed algorithm "
+            f"; {seed.wall_seconds / ours.wall_seconds:.1f}x faster than the seed algorithm "
             f"({seed.wall_seconds:.1f} s)"
         )
-    summary += (
-        f"; fetch {ours.fetch_seconds / bound:.2f}x the rate-limit bound; "
-        f"{ours.round_trips_per_1000:.1f} MongoDB round trips/1,000"
-    )
+    summary += f"; {ours.round_trips_per_1000:.1f} MongoDB round trips/1,000"
     if large:
         summary += f"; RSS {large.peak_rss_bytes / ours.peak_rss_bytes:.2f}x at {large.customers:,}"
     lines.append(summary)
@@ -580,7 +601,8 @@ def main(argv: list[str] | None = None) -> int:
         "--memory-customers",
         type=int,
         default=100_000,
-        help="customers of the extra import whose peak RSS is compared (100,000; 0: skip)",
+        help="customers of the second import, timed against the rate-limit bound, whose peak RSS "
+        "is compared (100,000; 0: skip)",
     )
     parser.add_argument(
         "--skip-baseline", action="store_true", help="do not run the seed's algorithm"
@@ -597,15 +619,13 @@ def main(argv: list[str] | None = None) -> int:
     context = multiprocessing.get_context("spawn")
     store_process, address, authkey = start_store(context)
     try:
-        print("mapping micro-benchmark ...", file=sys.stderr)
-        mapping = mapping_per_second()
         ours, seed = run_pair(context, args, address, authkey)
         large = None
         if args.memory_customers:
             large = run_import_only(context, args, address, authkey, args.memory_customers)
     finally:
         store_process.kill()
-    for line in report(args, ours, seed, large, mapping):
+    for line in report(args, ours, seed, large):
         print(line)
     if args.profile and getattr(args, "profile_text", ""):
         print("\nprofile of the import's op thread (cumulative):", file=sys.stderr)

@@ -34,6 +34,8 @@ copying whole collections:
   out, projection copies) are replaced in the server process by equivalents that return equal
   values and share immutable ones (:func:`install_fast_helpers`); mongomock parses its version
   strings again on every write, and the server caches the parse.
+* **Whole answers.** A ``find`` answers all its documents at once; iterating mongomock's cursor
+  copies the rest of its results for every document it yields (50,000 documents took 20 s).
 * **Its own process.** In the importing process the store's documents would count towards that
   process's memory. MongoDB keeps them elsewhere, so here does a server process (:func:`serve`);
   each collection method call is one request to it, as each is one round trip to MongoDB, and
@@ -878,6 +880,10 @@ class StoreService:
     def call(self, collection: str, method: str, args: tuple, kwargs: dict) -> Any:
         with self._lock:
             result = getattr(self._db[collection], method)(*args, **kwargs)
+            if isinstance(result, mongomock.collection.Cursor):
+                # The documents the cursor yields one by one: its __next__ copies the rest of
+                # the results for every document, quadratic in their number.
+                return list(result._compute_results(with_limit_and_skip=True))
             if method in ("find", "aggregate", "list_indexes"):
                 return list(result)
             return result

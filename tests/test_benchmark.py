@@ -29,7 +29,7 @@ def test_the_benchmark_runs_the_import_and_the_seed_algorithm_on_the_same_data()
             "--store-latency-ms",
             "0.5",
             "--memory-customers",
-            "0",
+            "400",
         ],
         cwd=ROOT,
         capture_output=True,
@@ -43,19 +43,25 @@ def test_the_benchmark_runs_the_import_and_the_seed_algorithm_on_the_same_data()
         "Import throughput: 250 customers, 125 existing contacts (62 matching), 5 ms pages, "
         "100 requests/s, 0.5 ms network per store round trip"
     )
-    rows = {line[:34].strip(): line[34:].split() for line in lines[2:12] if line.strip()}
+    rows = {line[:34].strip(): line[34:].split() for line in lines[2:18] if line.strip()}
+    assert rows["rate-limit bound, s"] == ["0.03"]  # 3 pages at 100 requests/s
     # Both imported the same 250 customers, one page at a time for the seed's algorithm.
     assert rows["Stripe list requests (429s)"][2:] == ["3", "(0)"]
     seed_round_trips = float(rows["MongoDB round trips / 1,000"][1].replace(",", ""))
     # A find and a write per customer, then the result and the queue entry.
     assert seed_round_trips == (2 * 250 + 2) * 1000 / 250
     assert float(rows["MongoDB round trips / 1,000"][0]) < 100
+    assert float(rows["claim → first Stripe request, s"][0]) >= 0
     added, updated = (int(n) for n in rows["contacts added / updated"][0].split("/"))
     assert 0 < added + updated <= 250
+    assert any("the rate-limit bound caps any import at" in line for line in lines)
     targets = [line for line in lines if line.startswith("  [")]
-    assert len(targets) == 5
-    assert any("the rate-limit bound caps any import at" in line for line in targets)
+    assert len(targets) == 4
+    assert "the rate-limit bound 0.0 s at 250 customers" in targets[0]
+    assert "at 400 customers" in targets[1]
+    assert "peak RSS" in targets[3]
     assert lines[-1].startswith("summary: 250 customers imported in ")
+    assert "x the rate-limit bound; 400 in " in lines[-1]
 
 
 def test_the_benchmark_store_matches_the_import_lookup_as_mongomock_does(monkeypatch):
