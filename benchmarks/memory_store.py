@@ -36,6 +36,7 @@ copying whole collections:
   strings again on every write, and the server caches the parse.
 * **Whole answers.** A ``find`` answers all its documents at once; iterating mongomock's cursor
   copies the rest of its results for every document it yields (50,000 documents took 20 s).
+* **Transport.** ``UpdateOne`` requests are pickled as the call that makes them.
 * **Its own process.** In the importing process the store's documents would count towards that
   process's memory. MongoDB keeps them elsewhere, so here does a server process (:func:`serve`);
   each collection method call is one request to it, as each is one round trip to MongoDB, and
@@ -48,6 +49,7 @@ compares every document stored and every answer.
 from __future__ import annotations
 
 import copy
+import copyreg
 import datetime
 import functools
 import itertools
@@ -895,6 +897,17 @@ class StoreService:
     def cpu_seconds(self) -> float:
         """CPU time the server process has used so far."""
         return time.process_time()
+
+
+def _reduce_update_one(request: UpdateOne) -> tuple:
+    """Pickle an ``UpdateOne`` as the call that makes it (a third of the time of pickle's way
+    with its slots); one with a collation, array filters or a hint the default way."""
+    if request._collation is None and request._array_filters is None and request._hint is None:
+        return UpdateOne, (request._filter, request._doc, request._upsert)
+    return object.__reduce_ex__(request, 2)
+
+
+copyreg.pickle(UpdateOne, _reduce_update_one)
 
 
 class StoreManager(BaseManager):
