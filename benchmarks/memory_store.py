@@ -314,7 +314,9 @@ class RoundTrips:
     def breakdown(self) -> str:
         """One line per ``collection.method``, the most time first."""
         rows = sorted(self.by_call.items(), key=lambda item: -item[1][1])
-        return "\n".join(f"  {seconds:8.2f} s {calls:6d} x {call}" for call, (calls, seconds) in rows)
+        return "\n".join(
+            f"  {seconds:8.2f} s {calls:6d} x {call}" for call, (calls, seconds) in rows
+        )
 
 
 class RemoteCollection:

@@ -133,6 +133,16 @@ def ensure_account_partition(instance: DagsterInstance, account_id: ObjectId | s
         instance.add_dynamic_partitions(ACCOUNT_PARTITIONS.name, [key])
 
 
+def ensure_account_partitions(
+    instance: DagsterInstance, account_ids: Iterable[ObjectId | str]
+) -> None:
+    """:func:`ensure_account_partition` for many accounts, with one read and at most one write."""
+    wanted = {str(account) for account in account_ids}
+    missing = wanted - set(instance.get_dynamic_partitions(ACCOUNT_PARTITIONS.name))
+    if missing:
+        instance.add_dynamic_partitions(ACCOUNT_PARTITIONS.name, sorted(missing))
+
+
 @multi_asset_check(
     specs=CHECK_SPECS,
     can_subset=True,

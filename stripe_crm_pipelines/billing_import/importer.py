@@ -105,6 +105,15 @@ class ImportCancelled(Exception):
         self.result_id = result_id
 
 
+class ImportHandedOff(Exception):
+    """The import stopped after ``hand_off_after`` customers with more to list; the request is
+    still claimed, with its checkpoint, for the caller to pass on (:func:`queue.hand_off`)."""
+
+    def __init__(self, outcome: ImportOutcome):
+        super().__init__(f"Stopped after {_progress(outcome)} to continue in a run of its own")
+        self.outcome = outcome
+
+
 class StripeClientFactory(Protocol):
     """Builds the Stripe client of a connected account (``StripeResource.client``)."""
 
@@ -178,9 +187,13 @@ def run_import(
     connect: Callable[[], Any] | None = None,
     may_retry: bool = False,
     termination_requested: Callable[[], bool] = lambda: False,
+    hand_off_after: int | None = None,
     log: logging.Logger = LOG,
 ) -> ImportOutcome:
     """Import the claimed request's Stripe customers into contacts; the counts when done.
+
+    ``hand_off_after``: once this many customers are written and the listing has more, stop
+    after the batch's checkpoint and raise :class:`ImportHandedOff` (the request stays claimed).
 
     ``settings.requests_per_second`` None means the key's default rate. ``connect`` opens the
     database for the heartbeat thread (default: ``db`` itself). ``may_retry``: a transient
@@ -227,9 +240,13 @@ def run_import(
                 watch,
                 replace(settings, requests_per_second=limiter.rate),
                 log,
+                hand_off_after,
             )
     except ClaimLost:
         raise
+    except _HandOff:
+        outcome.record_requests(stats)
+        raise ImportHandedOff(outcome) from None
     except _CancelRequested:
         outcome.record_requests(stats)
         message = f"Cancelled on request after {_progress(outcome)}"
@@ -264,6 +281,10 @@ def run_import(
 
 class _CancelRequested(Exception):
     """The CRM set the request to ``cancelled`` while it ran."""
+
+
+class _HandOff(Exception):
+    """The import reached ``hand_off_after`` with more customers to list."""
 
 
 class ClaimWatch:
@@ -330,10 +351,11 @@ def _sync_batches(
     watch: ClaimWatch,
     settings: FetchSettings,
     log: logging.Logger,
+    hand_off_after: int | None = None,
 ) -> None:
     """Fetch → map → match → bulk write → checkpoint, one batch at a time (a page, or
     ``settings.batch_size`` customers once the walk fans out); between batches, stop if ``watch``
-    says the request was cancelled or taken over."""
+    says the request was cancelled or taken over, or hand off past ``hand_off_after``."""
     contacts = db[store.CONTACTS]
     target = claim.request.upsert_target
     change_log = db[store.IMPORT_CHANGES]
@@ -386,6 +408,11 @@ def _sync_batches(
                 ),
             )
             watch.raise_if_stopped()
+            past_hand_off = (
+                hand_off_after is not None and outcome.customers_fetched >= hand_off_after
+            )
+            if past_hand_off and not finished:
+                raise _HandOff
             if batch.number == 1 or pages_before // LOG_EVERY_PAGES < (
                 outcome.pages_fetched // LOG_EVERY_PAGES
             ):
