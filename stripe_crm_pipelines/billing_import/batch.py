@@ -87,6 +87,42 @@ class BatchEntry:
     outcome: ImportOutcome | None = None
     result_id: ObjectId | None = None
 
+    def describe(self) -> str:
+        """One log line: the request, its account, how it ended and its counts."""
+        line = f"Import {self.import_id} (account {self.account_id}): {self.status}"
+        if self.outcome is not None:
+            outcome = self.outcome
+            line += (
+                f", {outcome.customers_fetched} customers: {outcome.records_added} added, "
+                f"{outcome.records_updated} updated, {outcome.records_skipped} skipped, "
+                f"{outcome.duplicates} duplicates, {outcome.import_errors_count} errors"
+            )
+        return f"{line}; {self.message}" if self.message else line
+
+
+class _ImportLog:
+    """What one import of a batch says in the run's log: its warnings and errors, each naming
+    the import. Its progress lines would be hundreds per run; :meth:`BatchEntry.describe` sums
+    each import up in one line instead."""
+
+    def __init__(self, log: logging.Logger | Any, import_id: ObjectId):
+        self._log = log
+        self._prefix = f"Import {import_id}: "
+
+    def info(self, message: str, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    debug = info
+
+    def warning(self, message: str, *args: Any, **kwargs: Any) -> None:
+        self._log.warning(self._prefix + message, *args, **kwargs)
+
+    def error(self, message: str, *args: Any, **kwargs: Any) -> None:
+        self._log.error(self._prefix + message, *args, **kwargs)
+
+    def exception(self, message: str, *args: Any, **kwargs: Any) -> None:
+        self._log.exception(self._prefix + message, *args, **kwargs)
+
 
 def import_batch(
     import_ids: Sequence[ObjectId],
@@ -114,12 +150,22 @@ def import_batch(
         if stopping.is_set():
             return BatchEntry(str(import_id), SKIPPED, "The run stopped before this import began")
         try:
-            return _import_one(connect, import_id, run_id, stripe_client, busy, settings, log)
+            entry = _import_one(
+                connect,
+                import_id,
+                run_id,
+                stripe_client,
+                busy,
+                settings,
+                _ImportLog(log, import_id),
+            )
         except Exception as error:  # one import's surprise must not stop the others
             # Anything still claimed is recovered once the run has failed (see sensor.py).
             message = f"Import failed: {type(error).__name__}: {error}"
             log.exception(f"Import {import_id}: {message}")
             return BatchEntry(str(import_id), FAILED, message)
+        log.info(entry.describe())
+        return entry
 
     with ThreadPoolExecutor(
         max_workers=max(1, min(settings.parallel, len(import_ids))),
@@ -171,7 +217,7 @@ def _import_one(
         except ImportFailed as failed:
             if not failed.transient:
                 return _ended(import_id, FAILED, failed.message, failed.outcome, failed.result_id)
-            log.warning(f"Import {import_id}: {failed.message}; trying again from its checkpoint")
+            log.warning(f"{failed.message}; trying again from its checkpoint")
             time.sleep(RETRY_DELAY_SECONDS * attempt)
             continue
         except ImportCancelled as cancelled:

@@ -24,10 +24,12 @@ from dagster import (
 )
 from pydantic import Field
 
+from stripe_crm_pipelines import store
 from stripe_crm_pipelines.billing_import import batch, exclusion
 from stripe_crm_pipelines.billing_import.batch import BatchEntry, BatchSettings
 from stripe_crm_pipelines.billing_import.metadata import import_asset_metadata
 from stripe_crm_pipelines.catalog import account_events, ensure_account_partitions
+from stripe_crm_pipelines.contact_health import uniqueness_checks_by_account
 from stripe_crm_pipelines.resources import MongoResource, StripeResource
 
 OBJECT_ID_PATTERN = r"^[0-9a-fA-F]{24}$"
@@ -78,15 +80,17 @@ def import_requests(
                 db, instance, claim.request.account_id, context.run_id
             )
 
+    parallel = config.parallel_imports
+    if parallel > 1 and store.prefers_one_writer(mongo.database()):
+        context.log.info("The embedded store serves one writer best: one import at a time")
+        parallel = 1
     entries = batch.import_batch(
         [ObjectId(import_id) for import_id in config.import_ids],
         context.run_id,
         connect=mongo.database,
         stripe_client=stripe.client,
         busy=busy,
-        settings=BatchSettings(
-            parallel=config.parallel_imports, hand_off_after=config.hand_off_after_customers
-        ),
+        settings=BatchSettings(parallel=parallel, hand_off_after=config.hand_off_after_customers),
         log=context.log,
     )
     _record_catalog_events(context, mongo, entries)
@@ -134,15 +138,20 @@ def _record_catalog_events(
         return
     ensure_account_partitions(context.instance, [entry.outcome.account_id for entry in done])
     db = mongo.database()
+    uniqueness = uniqueness_checks_by_account(
+        db, list({ObjectId(entry.outcome.account_id) for entry in done})
+    )
     for entry in done:
         outcome = entry.outcome
+        account_id = ObjectId(outcome.account_id)
         for event in account_events(
             db,
-            ObjectId(outcome.account_id),
+            account_id,
             outcome.contact_type,
             description=f"Stripe {outcome.contact_type} import {outcome.import_id} "
             f"(batch run {context.run_id})",
             metadata=import_asset_metadata(outcome, entry.result_id),
+            uniqueness=uniqueness[account_id],
         ):
             context.log_event(event)
 

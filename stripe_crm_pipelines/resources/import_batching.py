@@ -15,7 +15,7 @@ class ImportBatchingResource(ConfigurableResource):
     """
 
     max_requests: int = Field(
-        default=100,
+        default=200,
         ge=0,
         description="At most this many small import requests per billing_import_batch run "
         "(STRIPE_CRM_IMPORT_BATCH_MAX). 0 gives every request a billing_contact_import run of "
