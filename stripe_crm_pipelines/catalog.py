@@ -98,12 +98,15 @@ def account_events(
     description: str,
     metadata: Mapping[str, Any],
     written_customer_ids: Collection[str] | None = None,
+    uniqueness: list[HealthCheck] | None = None,
 ) -> list[AssetMaterialization | AssetCheckEvaluation]:
     """What a run that wrote an account's contacts records in the catalog: the partition's
     materialization with ``metadata``, then the check evaluations.
 
     ``written_customer_ids`` are the customers the run expects a contact for (written, not
-    skipped); None leaves out that check. Log each event with ``context.log_event``.
+    skipped); None leaves out that check. ``uniqueness``: the account's uniqueness checks when
+    already evaluated (:func:`contact_health.uniqueness_checks_by_account`, for many accounts at
+    once); None evaluates them here. Log each event with ``context.log_event``.
     """
     partition = str(account_id)
     events: list[AssetMaterialization | AssetCheckEvaluation] = [
@@ -114,7 +117,7 @@ def account_events(
             metadata={**metadata, "contact_type": MetadataValue.text(contact_type)},
         )
     ]
-    checks = uniqueness_checks(db, account_id)
+    checks = list(uniqueness) if uniqueness is not None else uniqueness_checks(db, account_id)
     if written_customer_ids is not None:
         checks.append(fetched_customers_check(db, account_id, contact_type, written_customer_ids))
     events.extend(_evaluation(check, partition) for check in checks)
@@ -131,6 +134,16 @@ def ensure_account_partition(instance: DagsterInstance, account_id: ObjectId | s
     key = str(account_id)
     if not instance.has_dynamic_partition(ACCOUNT_PARTITIONS.name, key):
         instance.add_dynamic_partitions(ACCOUNT_PARTITIONS.name, [key])
+
+
+def ensure_account_partitions(
+    instance: DagsterInstance, account_ids: Iterable[ObjectId | str]
+) -> None:
+    """:func:`ensure_account_partition` for many accounts, with one read and at most one write."""
+    wanted = {str(account) for account in account_ids}
+    missing = wanted - set(instance.get_dynamic_partitions(ACCOUNT_PARTITIONS.name))
+    if missing:
+        instance.add_dynamic_partitions(ACCOUNT_PARTITIONS.name, sorted(missing))
 
 
 @multi_asset_check(

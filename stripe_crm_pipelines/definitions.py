@@ -15,6 +15,7 @@ from typing import Any
 
 from dagster import BetaWarning, Definitions, EnvVar
 
+from stripe_crm_pipelines.billing_import.batch_job import billing_import_batch
 from stripe_crm_pipelines.billing_import.job import billing_contact_import
 from stripe_crm_pipelines.billing_import.queue_job import queue_billing_import
 from stripe_crm_pipelines.billing_import.revert_job import revert_billing_import
@@ -29,9 +30,12 @@ from stripe_crm_pipelines.catalog import crm_contacts, crm_contacts_checks
 from stripe_crm_pipelines.payment_links.job import create_payment_link
 from stripe_crm_pipelines.resources import MongoResource, StripeResource
 from stripe_crm_pipelines.resources.crm_api import CrmApiResource
+from stripe_crm_pipelines.resources.import_batching import ImportBatchingResource
 from stripe_crm_pipelines.resources.shortener import ShortenerResource
 
 ENVIRONMENT_VARIABLE = "STRIPE_CRM_ENV"
+BATCH_MAX_VARIABLE = "STRIPE_CRM_IMPORT_BATCH_MAX"
+"""Small import requests per ``billing_import_batch`` run; 0: a run of its own for each."""
 LOCAL = "local"
 PRODUCTION = "production"
 
@@ -43,6 +47,13 @@ def bound_if_set(**variables: str) -> dict[str, EnvVar]:
 
 def _optional_services() -> dict[str, Any]:
     return {
+        "import_batching": ImportBatchingResource(
+            **{
+                field: EnvVar.int(name)
+                for field, name in {"max_requests": BATCH_MAX_VARIABLE}.items()
+                if os.environ.get(name)
+            }
+        ),
         "stripe": StripeResource(**bound_if_set(api_base="STRIPE_API_BASE")),
         "shortener": ShortenerResource(**bound_if_set(base_url="SHORTENER_URL")),
         "crm_api": CrmApiResource(**bound_if_set(base_url="API_BASE_URL", app_secret="APP_SECRET")),
@@ -87,6 +98,7 @@ defs = Definitions(
     asset_checks=[crm_contacts_checks],
     jobs=[
         billing_contact_import,
+        billing_import_batch,
         billing_contact_sync,
         queue_billing_import,
         revert_billing_import,

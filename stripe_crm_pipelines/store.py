@@ -199,6 +199,13 @@ def unwrap(db: Any) -> Any:
     return db
 
 
+def prefers_one_writer(db) -> bool:
+    """Whether ``db`` (wrapped or not) is the embedded store, where writers in several threads
+    slow each other down: each connection that sees another's writes to a collection re-reads
+    and re-indexes that whole collection before its next query."""
+    return type(unwrap(db)).__module__.split(".")[0] == "litemongo"
+
+
 def supports_partial_indexes(db) -> bool:
     """Whether ``db`` (wrapped or not) is a real MongoDB, where partial unique indexes are cheap.
 

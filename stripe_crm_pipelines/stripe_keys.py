@@ -6,7 +6,7 @@ payment links). Each caller turns :class:`StripeKeyError` into its own failure.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,3 +79,19 @@ def _unusable(value: object) -> str:
 
 def _type_name(value: object) -> str:
     return "null" if value is None else type(value).__name__
+
+
+def connected_accounts_of(db, account_ids: Iterable[ObjectId]) -> dict[ObjectId, str | None]:
+    """Accounts with a billing Stripe key → their connected account id (never the key)."""
+    keys = db[store.STRIPE_KEYS].find(
+        {"account_id": {"$in": list(account_ids)}, "connected_apps": BILLING_APP},
+        {"_id": 0, "account_id": 1, "token.stripe_user_id": 1},
+    )
+    accounts: dict[ObjectId, str | None] = {}
+    for key in keys:
+        token = key.get("token")
+        stripe_account = token.get("stripe_user_id") if isinstance(token, Mapping) else None
+        accounts.setdefault(
+            key["account_id"], stripe_account if isinstance(stripe_account, str) else None
+        )
+    return accounts

@@ -118,7 +118,7 @@ def test_an_unknown_environment_is_refused():
 @pytest.mark.parametrize("environment", ["local", "production"])
 def test_both_environments_have_the_same_resource_keys(environment):
     shown = shown_resources(STRIPE_CRM_ENV=environment, **SECRETS)
-    assert set(shown["resources"]) == {"mongo", "stripe", "shortener", "crm_api"}
+    assert set(shown["resources"]) == {"mongo", "stripe", "shortener", "crm_api", "import_batching"}
 
 
 def test_payment_links_run_their_ops_in_the_runs_process():

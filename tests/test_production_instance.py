@@ -39,6 +39,7 @@ from stripe_crm_pipelines.billing_import import tags
 from stripe_crm_pipelines.billing_import.job import billing_contact_import
 from stripe_crm_pipelines.billing_import.sensor import billing_import_sensor
 from stripe_crm_pipelines.resources import MongoResource, StripeResource
+from stripe_crm_pipelines.resources.import_batching import ImportBatchingResource
 
 PROJECT = Path(__file__).resolve().parents[1]
 DEPLOY_INSTANCE = PROJECT / "deploy" / "dagster.yaml"
@@ -226,7 +227,10 @@ def test_sensor_driven_import_is_recorded_in_postgres(instance_dir, db, mongo_ur
     account_id = str(seeded["account_id"])
 
     with DagsterInstance.get() as instance:
-        context = build_sensor_context(instance=instance, resources={"mongo": mongo})
+        context = build_sensor_context(
+            instance=instance,
+            resources={"mongo": mongo, "import_batching": ImportBatchingResource(max_requests=0)},
+        )
         run_requests = billing_import_sensor(context)
         assert len(run_requests) == 1
         request = run_requests[0]

@@ -240,3 +240,11 @@ def test_embedded_store_upserts_converge_across_processes(tmp_path):
         worker.join(timeout=120)
         assert worker.exitcode == 0
     assert database[store.CONTACTS].count_documents({"parent_account": ObjectId(account)}) == 50
+
+
+def test_only_the_embedded_store_asks_for_one_writer(tmp_path, mongo_uri):
+    """Batch runs import one account at a time there (the resource's own wrapped database)."""
+    embedded = MongoResource(uri=tmp_path.as_uri()).database()
+    assert store.prefers_one_writer(embedded)
+    assert not store.prefers_one_writer(MongoResource(uri=mongo_uri).database())
+    assert not store.prefers_one_writer(store.connect("mongodb://127.0.0.1:1/?connect=false"))

@@ -117,6 +117,15 @@ class ImportCancelled(Exception):
         self.result_id = result_id
 
 
+class ImportHandedOff(Exception):
+    """The import stopped after ``hand_off_after`` customers with more to list; the request is
+    still claimed, with its checkpoint, for the caller to pass on (:func:`queue.hand_off`)."""
+
+    def __init__(self, outcome: ImportOutcome):
+        super().__init__(f"Stopped after {_progress(outcome)} to continue in a run of its own")
+        self.outcome = outcome
+
+
 class StripeClientFactory(Protocol):
     """Builds the Stripe client of a connected account (``StripeResource.client``)."""
 
@@ -190,9 +199,13 @@ def run_import(
     connect: Callable[[], Any] | None = None,
     may_retry: bool = False,
     termination_requested: Callable[[], bool] = lambda: False,
+    hand_off_after: int | None = None,
     log: logging.Logger = LOG,
 ) -> ImportOutcome:
     """Import the claimed request's Stripe customers into contacts; the counts when done.
+
+    ``hand_off_after``: once this many customers are written and the listing has more, stop
+    after the batch's checkpoint and raise :class:`ImportHandedOff` (the request stays claimed).
 
     ``settings.requests_per_second`` None means the key's default rate. ``connect`` opens the
     database for the heartbeat thread (default: ``db`` itself). ``may_retry``: a transient
@@ -243,9 +256,13 @@ def run_import(
                 watch,
                 replace(settings, requests_per_second=limiter.rate),
                 log,
+                hand_off_after,
             )
     except ClaimLost:
         raise
+    except _HandOff:
+        outcome.record_requests(stats)
+        raise ImportHandedOff(outcome) from None
     except _CancelRequested:
         outcome.record_requests(stats)
         message = f"Cancelled on request after {_progress(outcome)}"
@@ -298,6 +315,10 @@ def collection_set_aside() -> Iterator[None]:
 
 class _CancelRequested(Exception):
     """The CRM set the request to ``cancelled`` while it ran."""
+
+
+class _HandOff(Exception):
+    """The import reached ``hand_off_after`` with more customers to list."""
 
 
 class ClaimWatch:
@@ -365,14 +386,17 @@ def _sync_batches(
     watch: ClaimWatch,
     settings: FetchSettings,
     log: logging.Logger,
+    hand_off_after: int | None = None,
 ) -> None:
     """Fetch → map → match → bulk write → checkpoint, one batch at a time (a page, or
     ``settings.batch_size`` customers once the walk fans out); between batches, stop if ``watch``
-    says the request was cancelled or taken over.
+    says the request was cancelled or taken over, or hand off past ``hand_off_after``.
 
     A batch is matched and planned here while the one before it is written and checkpointed by
     a :class:`_BatchWriter` (planning needs nothing of the write before it: a customer whose
-    contact an earlier batch wrote is a duplicate by what ``seen`` holds)."""
+    contact an earlier batch wrote is a duplicate by what ``seen`` holds). With
+    ``hand_off_after``, each batch is written before the next is planned, so the import stops
+    right after the batch that reaches it."""
     contacts = db[store.CONTACTS]
     target = claim.request.upsert_target
     seen = SeenCustomers()
@@ -410,6 +434,10 @@ def _sync_batches(
             existing = find_existing_contacts(contacts, batch.customers, target, seen)
             writer.write(batch, plan_upserts(batch.customers, existing, target, seen), listing)
             watch.raise_if_stopped()
+            if hand_off_after is not None:
+                writer.wait()
+                if not writer.finished and outcome.customers_fetched >= hand_off_after:
+                    raise _HandOff
     if outcome.created_filter_refused:
         log.warning(
             f"Stripe refused the `created` filter: {LISTING_WITHOUT_SNAPSHOT}; customers "
@@ -446,6 +474,8 @@ class _BatchWriter:
         self._db = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="import-writer")
         self._pending: Future[None] | None = None
+        self.finished = False
+        """Whether the last batch written left nothing to list (or reached the limit)."""
 
     def __enter__(self) -> _BatchWriter:
         return self
@@ -460,9 +490,13 @@ class _BatchWriter:
             self._executor.shutdown(wait=True)
 
     def write(self, batch: CustomerBatch, plan: UpsertPlan, listing: CustomerListing) -> None:
+        self.wait()
+        self._pending = self._executor.submit(self._write, batch, plan, listing.snapshot)
+
+    def wait(self) -> None:
+        """Wait until the batch handed over last is written; raise its error."""
         if self._pending is not None:
             self._pending.result()
-        self._pending = self._executor.submit(self._write, batch, plan, listing.snapshot)
 
     def _write(self, batch: CustomerBatch, plan: UpsertPlan, snapshot: bool) -> None:
         if self._db is None:
@@ -478,6 +512,7 @@ class _BatchWriter:
         pages_before = outcome.pages_fetched
         outcome.add_batch(batch.pages, len(batch.customers), result)
         finished = not batch.has_more or outcome.customers_fetched >= self._limit
+        self.finished = finished
         outcome.limit_reached = batch.has_more and finished
         queue.save_checkpoint(
             db,

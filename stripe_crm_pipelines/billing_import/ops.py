@@ -28,7 +28,7 @@ from dagster import (
 from pydantic import Field
 
 from stripe_crm_pipelines import store
-from stripe_crm_pipelines.billing_import import importer, queue
+from stripe_crm_pipelines.billing_import import exclusion, importer, queue
 from stripe_crm_pipelines.billing_import.batches import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CONCURRENCY,
@@ -138,9 +138,10 @@ class SyncCustomersConfig(Config):
 def claim_import_request(
     context: OpExecutionContext, config: ImportRunConfig, mongo: MongoResource
 ) -> ClaimedImport:
+    db = mongo.database()
     try:
-        return importer.claim_import(
-            mongo.database(),
+        claimed = importer.claim_import(
+            db,
             ObjectId(config.import_id),
             context.run_id,
             max_customers=config.max_customers,
@@ -150,6 +151,15 @@ def claim_import_request(
         raise Failure(description=str(error), allow_retries=False) from None
     except ImportFailed as failed:
         raise _closed_failure(failed) from None
+    account_id = claimed.request.account_id
+    other = exclusion.who_else_works_on(db, context.instance, account_id, context.run_id)
+    if other is not None:
+        reason = f"{other} works on account {account_id}; left pending for a later run"
+        queue.release(db, claimed.request.id, context.run_id, reason)
+        raise Failure(
+            description=f"Import {config.import_id} released: {reason}", allow_retries=False
+        )
+    return claimed
 
 
 @op(

@@ -12,7 +12,11 @@ through these states:
 * **completed** (:func:`complete`), **failed** or **cancelled** (:func:`close`, :func:`fail`,
   :func:`cancel`): closed with its ``contact_import_results`` document, kept for audit;
 * back to **pending** (:func:`requeue`) when its run died: the checkpoint becomes ``resume_from``,
-  so the next run continues where the dead one stopped.
+  so the next run continues where the dead one stopped;
+* back to **pending** without counting the attempt when its run lets it go: :func:`release`
+  (another import or sync of the same account was found working, so it waits for a later run)
+  and :func:`hand_off` (a small-import batch found the account large: the request keeps its
+  checkpoint as ``resume_from`` and is marked ``own_run`` for a run of its own).
 
 The CRM may set ``status: cancelled`` on a claimed request; the running import notices through
 its heartbeat and closes it ``cancelled``. Every write after the claim is conditional on
@@ -155,6 +159,7 @@ class HeldRequest:
     heartbeat_at: datetime | None
     outcome: ImportOutcome
     """The counts its last checkpoint saved, else zeros."""
+    account_id: ObjectId | None = None
 
 
 def pending_requests(db, fields: Mapping[str, int]) -> list[dict[str, Any]]:
@@ -355,6 +360,80 @@ def requeue(db, import_id: ObjectId, run_id: str, cause: str, now: datetime) -> 
     return requeued.matched_count > 0
 
 
+def release(db, import_id: ObjectId, run_id: str, reason: str, now: datetime | None = None) -> bool:
+    """Give a request ``run_id`` just claimed back, untouched, for a later run: it becomes
+    pending, the attempt is not counted and ``releases`` goes up (so the sensor's next run key
+    differs). False (nothing changed) if the run no longer holds it."""
+    return _let_go(
+        db,
+        import_id,
+        run_id,
+        {"last_released": {"at": now or datetime.now(UTC), "run_id": run_id, "reason": reason}},
+        keep_checkpoint=False,
+    )
+
+
+def hand_off(
+    db, import_id: ObjectId, run_id: str, reason: str, now: datetime | None = None
+) -> bool:
+    """Pass a request ``run_id`` started on to a run of its own: it becomes pending with
+    ``own_run: true``, its checkpoint becomes ``resume_from`` (the next run continues after what
+    was written) and the attempt is not counted. False if the run no longer holds it."""
+    return _let_go(
+        db,
+        import_id,
+        run_id,
+        {
+            "own_run": True,
+            "last_released": {"at": now or datetime.now(UTC), "run_id": run_id, "reason": reason},
+        },
+        keep_checkpoint=True,
+    )
+
+
+def _let_go(
+    db, import_id: ObjectId, run_id: str, fields: dict[str, Any], *, keep_checkpoint: bool
+) -> bool:
+    update: dict[str, Any] = {
+        "$set": {"status": PENDING, "in_progress": False, **fields},
+        "$unset": {"claimed_by_run": "", "claimed_at": "", "heartbeat_at": ""},
+        "$inc": {"attempts": -1, "releases": 1},
+    }
+    if keep_checkpoint:
+        update["$rename"] = {"checkpoint": "resume_from"}
+    else:
+        update["$unset"]["checkpoint"] = ""
+    released = db[store.QUEUES].update_one(
+        {**CLAIMED_FILTER, "status": PENDING, "_id": import_id, "claimed_by_run": run_id}, update
+    )
+    return released.matched_count > 0
+
+
+def others_working_on(db, account_id: ObjectId, run_id: str) -> list[ObjectId]:
+    """Requests of ``account_id`` that runs other than ``run_id`` hold."""
+    return [
+        document["_id"]
+        for document in db[store.QUEUES].find(
+            {**CLAIMED_FILTER, "account_id": account_id, "claimed_by_run": {"$ne": run_id}},
+            {"_id": 1},
+        )
+    ]
+
+
+def releases_of(request: Mapping[str, Any]) -> int:
+    """How often runs let the request go unprocessed (:func:`release`, :func:`hand_off`)."""
+    value = request.get("releases")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def run_key(request: Mapping[str, Any]) -> str:
+    """The key of the request's next run of its own: ``<id>:<attempts>``, with ``+<releases>``
+    once a run let it go, so that the run after a release is not taken for the one before."""
+    key = f"{request['_id']}:{attempts_of(request)}"
+    releases = releases_of(request)
+    return f"{key}+{releases}" if releases else key
+
+
 def held_requests(db) -> Iterator[HeldRequest]:
     """Every request a run of this project holds."""
     for document in db[store.QUEUES].find(CLAIMED_FILTER):
@@ -362,9 +441,14 @@ def held_requests(db) -> Iterator[HeldRequest]:
 
 
 def request_held_by(db, run_id: str) -> HeldRequest | None:
-    """The request ``run_id`` holds, if any."""
-    document = db[store.QUEUES].find_one({**CLAIMED_FILTER, "claimed_by_run": run_id})
-    return None if document is None else _held(document)
+    """The request ``run_id`` holds, if any (the first, for a run holding several)."""
+    held = requests_held_by(db, run_id)
+    return held[0] if held else None
+
+
+def requests_held_by(db, run_id: str) -> list[HeldRequest]:
+    """Every request ``run_id`` holds (a small-import batch holds several)."""
+    return [_held(d) for d in db[store.QUEUES].find({**CLAIMED_FILTER, "claimed_by_run": run_id})]
 
 
 def attempts_of(request: Mapping[str, Any]) -> int:
@@ -402,6 +486,9 @@ def _held(document: Mapping[str, Any]) -> HeldRequest:
         run_id=document["claimed_by_run"],
         attempts=attempts_of(document),
         cancel_requested=document.get("status") == CANCELLED,
+        account_id=document.get("account_id")
+        if isinstance(document.get("account_id"), ObjectId)
+        else None,
         claimed_at=_moment(document.get("claimed_at")),
         heartbeat_at=_moment(document.get("heartbeat_at")),
         outcome=outcome_so_far(document),

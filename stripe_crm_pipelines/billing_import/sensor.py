@@ -20,6 +20,7 @@ Only the connected account id (``acct_…``) is read from ``stripe_key``; the se
 MongoDB until the run's ``sync_customers`` op reads it.
 """
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,6 +34,7 @@ from dagster import (
     DefaultSensorStatus,
     RunFailureSensorContext,
     RunRequest,
+    RunsFilter,
     RunStatusSensorContext,
     SensorEvaluationContext,
     SkipReason,
@@ -42,16 +44,30 @@ from dagster import (
 )
 
 from stripe_crm_pipelines import store
-from stripe_crm_pipelines.billing_import import queue, recovery, tags
+from stripe_crm_pipelines.billing_import import exclusion, queue, recovery, tags
+from stripe_crm_pipelines.billing_import.batch_job import billing_import_batch
 from stripe_crm_pipelines.billing_import.job import billing_contact_import
 from stripe_crm_pipelines.billing_import.recovery import RunFacts
+from stripe_crm_pipelines.billing_import.requests import CONTACT_TYPES
+from stripe_crm_pipelines.billing_import.results import RESULT_NAME
 from stripe_crm_pipelines.resources import MongoResource
+from stripe_crm_pipelines.resources.import_batching import ImportBatchingResource
 from stripe_crm_pipelines.resources.stripe import redact_api_keys
-from stripe_crm_pipelines.stripe_keys import BILLING_APP
+from stripe_crm_pipelines.stripe_keys import connected_accounts_of
 
 RUN_END_SENSOR_INTERVAL_SECONDS = 10
-REQUEST_FIELDS = {"_id": 1, "account_id": 1, "user_id": 1, "type": 1, "attempts": 1}
+REQUEST_FIELDS = {
+    "_id": 1,
+    "account_id": 1,
+    "user_id": 1,
+    "type": 1,
+    "attempts": 1,
+    "releases": 1,
+    "own_run": 1,
+}
 NO_CONNECTED_ACCOUNT = "none"
+IMPORT_JOBS = ("billing_contact_import", "billing_import_batch", "billing_contact_sync")
+"""The jobs that import or sync an account's contacts."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +99,8 @@ def plan_runs(
         stripe_account = connected_accounts.get(account_id) if account_id else None
         runs.append(
             RunRequest(
-                run_key=f"{import_id}:{queue.attempts_of(request)}",
+                run_key=queue.run_key(request),
+                job_name=billing_contact_import.name,
                 run_config={"ops": {"claim_import_request": {"config": {"import_id": import_id}}}},
                 tags={
                     tags.IMPORT_ID: import_id,
@@ -97,30 +114,165 @@ def plan_runs(
     return runs, waiting
 
 
-def connected_accounts_of(db, account_ids: Iterable[ObjectId]) -> dict[ObjectId, str | None]:
-    """Accounts with a billing Stripe key → their connected account id (never the key)."""
-    keys = db[store.STRIPE_KEYS].find(
-        {"account_id": {"$in": list(account_ids)}, "connected_apps": BILLING_APP},
-        {"_id": 0, "account_id": 1, "token.stripe_user_id": 1},
+@dataclass(frozen=True)
+class Working:
+    """What imports and syncs are queued or running now, as the batch planner must avoid."""
+
+    stripe_accounts: frozenset[str] = frozenset()
+    """Tags of queued or running runs of their own (imports and syncs)."""
+    account_ids: frozenset[ObjectId] = frozenset()
+    """Accounts with a claimed request (in any run)."""
+    import_ids: frozenset[str] = frozenset()
+    """Requests named by queued or running batch runs."""
+
+
+def working_now(db, instance: DagsterInstance) -> Working:
+    """Read what is queued or running from the instance and the claimed requests."""
+    stripe_accounts: set[str] = set()
+    import_ids: set[str] = set()
+    runs = instance.get_runs(
+        RunsFilter(statuses=exclusion.WAITING_STATUSES + exclusion.RUNNING_STATUSES)
     )
-    accounts: dict[ObjectId, str | None] = {}
-    for key in keys:
-        token = key.get("token")
-        stripe_account = token.get("stripe_user_id") if isinstance(token, Mapping) else None
-        accounts.setdefault(
-            key["account_id"], stripe_account if isinstance(stripe_account, str) else None
+    for run in runs:
+        if run.job_name not in IMPORT_JOBS:
+            continue
+        if run.job_name == billing_import_batch.name:
+            import_ids.update(_batch_import_ids(run.run_config))
+        elif (stripe_account := run.tags.get(tags.STRIPE_ACCOUNT)) is not None:
+            stripe_accounts.add(stripe_account)
+    claimed = {held.account_id for held in queue.held_requests(db) if held.account_id}
+    return Working(frozenset(stripe_accounts), frozenset(claimed), frozenset(import_ids))
+
+
+def last_import_sizes(db, account_ids: Iterable[ObjectId]) -> dict[tuple[ObjectId, str], int]:
+    """(account, contact type) → customers fetched by its newest completed import."""
+    groups = db[store.IMPORT_RESULTS].aggregate(
+        [
+            {
+                "$match": {
+                    "account_id": {"$in": [str(account_id) for account_id in account_ids]},
+                    "name": RESULT_NAME,
+                    "status": queue.COMPLETED,
+                    "dry_run": {"$ne": True},
+                }
+            },
+            {"$sort": {"started_at": -1}},
+            {
+                "$group": {
+                    "_id": {"account_id": "$account_id", "type": "$type"},
+                    "customers": {"$first": "$customers_fetched"},
+                }
+            },
+        ]
+    )
+    sizes: dict[tuple[ObjectId, str], int] = {}
+    for group in groups:
+        account_id = _object_id(group["_id"].get("account_id"))
+        customers = group.get("customers")
+        if account_id is not None and isinstance(customers, int):
+            sizes[(account_id, str(group["_id"].get("type")))] = customers
+    return sizes
+
+
+def split_small(
+    requests: Iterable[Mapping[str, Any]],
+    connected_accounts: Mapping[ObjectId, str | None],
+    sizes: Mapping[tuple[ObjectId, str], int],
+    small_account_customers: int,
+) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
+    """(requests for a batch, requests for runs of their own), each in the given order.
+
+    A batch takes requests with a billing key whose account and type had at most
+    ``small_account_customers`` customers at their last import, or were never imported; a
+    request a batch handed off (``own_run``) gets a run of its own.
+    """
+    small: list[Mapping[str, Any]] = []
+    own: list[Mapping[str, Any]] = []
+    for request in requests:
+        account_id = _object_id(request.get("account_id"))
+        contact_type = CONTACT_TYPES.get(str(request.get("type")))
+        if (
+            account_id is None
+            or account_id not in connected_accounts
+            or contact_type is None
+            or request.get("own_run") is True
+            or sizes.get((account_id, contact_type), 0) > small_account_customers
+        ):
+            own.append(request)
+        else:
+            small.append(request)
+    return small, own
+
+
+def plan_batches(
+    requests: Iterable[Mapping[str, Any]],
+    connected_accounts: Mapping[ObjectId, str | None],
+    working: Working,
+    batching: ImportBatchingResource,
+) -> tuple[list[RunRequest], list[Mapping[str, Any]], list[str]]:
+    """``billing_import_batch`` runs of at most ``batching.max_requests`` requests, at most one
+    per account, none of an account something is importing or syncing; the requests that get a
+    run of their own instead (fewer than ``batching.min_requests`` to launch); and the requests
+    held back for a later tick (described)."""
+    chosen: list[Mapping[str, Any]] = []
+    taken: set[str] = set()
+    held_back: list[str] = []
+    for request in requests:
+        import_id = str(request["_id"])
+        if import_id in working.import_ids:
+            continue  # its batch run is queued or running
+        account_id = _object_id(request.get("account_id"))
+        stripe_account = connected_accounts.get(account_id) or f"account {account_id}"
+        if (
+            account_id in working.account_ids
+            or stripe_account in working.stripe_accounts
+            or stripe_account in taken
+        ):
+            held_back.append(f"{import_id} (account {account_id} is being imported or synced)")
+            continue
+        taken.add(stripe_account)
+        chosen.append(request)
+    if len(chosen) < batching.min_requests:
+        return [], chosen, held_back
+    runs = []
+    for start in range(0, len(chosen), batching.max_requests):
+        part = chosen[start : start + batching.max_requests]
+        import_ids = [str(request["_id"]) for request in part]
+        keys = sorted(queue.run_key(request) for request in part)
+        digest = hashlib.sha256(",".join(keys).encode()).hexdigest()[:20]
+        runs.append(
+            RunRequest(
+                run_key=f"batch:{digest}",
+                job_name=billing_import_batch.name,
+                run_config={
+                    "ops": {
+                        "import_requests": {
+                            "config": {
+                                "import_ids": import_ids,
+                                "parallel_imports": batching.parallel_imports,
+                                "hand_off_after_customers": batching.small_account_customers,
+                            }
+                        }
+                    }
+                },
+                tags={tags.BATCH_SIZE: str(len(import_ids))},
+            )
         )
-    return accounts
+    return runs, [], held_back
 
 
 @sensor(
-    job=billing_contact_import,
+    jobs=[billing_contact_import, billing_import_batch],
     minimum_interval_seconds=30,
     default_status=DefaultSensorStatus.RUNNING,
-    description="Launches one billing_contact_import run per pending billing-contacts request, "
-    "newest first; requests whose account has no billing Stripe key wait, named in the tick.",
+    description="Launches the pending billing-contacts requests, newest first: a burst of "
+    "requests of small accounts together in billing_import_batch runs (each request still "
+    "claimed, imported and recorded on its own), others in a billing_contact_import run each; "
+    "requests whose account has no billing Stripe key wait, named in the tick.",
 )
-def billing_import_sensor(context: SensorEvaluationContext, mongo: MongoResource):
+def billing_import_sensor(
+    context: SensorEvaluationContext, mongo: MongoResource, import_batching: ImportBatchingResource
+):
     db = mongo.database()
     for message in recover_stale_claims(db, context.instance):
         context.log.warning(message)
@@ -132,23 +284,50 @@ def billing_import_sensor(context: SensorEvaluationContext, mongo: MongoResource
         for request in pending
         if (account_id := _object_id(request.get("account_id"))) is not None
     }
-    runs, waiting = plan_runs(pending, connected_accounts_of(db, account_ids))
+    connected = connected_accounts_of(db, account_ids)
+    batches: list[RunRequest] = []
+    own = pending
+    if import_batching.max_requests > 0:
+        small, own = split_small(
+            pending,
+            connected,
+            last_import_sizes(db, connected),
+            import_batching.small_account_customers,
+        )
+        batches, singles, held_back = plan_batches(
+            small, connected, working_now(db, context.instance), import_batching
+        )
+        own = [*singles, *own]
+        if held_back:
+            context.log.info(
+                f"{len(held_back)} small import request(s) wait for a later tick: "
+                f"{', '.join(held_back[:20])}"
+            )
+    runs, waiting = plan_runs(own, connected)
     if waiting:
         context.log.info(
             f"{len(waiting)} import request(s) left pending, no billing Stripe key for the "
             f"account: {', '.join(item.describe() for item in waiting)}"
         )
-    if not runs:
-        return SkipReason(
-            "No billing Stripe key for the account of pending import request(s) "
-            f"{', '.join(item.describe() for item in waiting)}; left pending"
+    if not runs and not batches:
+        if waiting:
+            return SkipReason(
+                "No billing Stripe key for the account of pending import request(s) "
+                f"{', '.join(item.describe() for item in waiting)}; left pending"
+            )
+        return SkipReason("Every pending import request waits for its account or its batch run")
+    if batches:
+        context.log.info(
+            f"Requesting {len(batches)} batch run(s) of "
+            f"{sum(len(_batch_import_ids(r.run_config)) for r in batches)} small import(s)"
         )
-    context.log.info(f"Requesting {len(runs)} import run(s), newest request first")
-    return runs
+    if runs:
+        context.log.info(f"Requesting {len(runs)} import run(s), newest request first")
+    return [*batches, *runs]
 
 
 @run_failure_sensor(
-    monitored_jobs=[billing_contact_import],
+    monitored_jobs=[billing_contact_import, billing_import_batch],
     minimum_interval_seconds=RUN_END_SENSOR_INTERVAL_SECONDS,
     default_status=DefaultSensorStatus.RUNNING,
     description="When a billing_contact_import run fails while still holding its request, "
@@ -164,7 +343,7 @@ def billing_import_failure_sensor(context: RunFailureSensorContext, mongo: Mongo
 
 @run_status_sensor(
     run_status=DagsterRunStatus.CANCELED,
-    monitored_jobs=[billing_contact_import],
+    monitored_jobs=[billing_contact_import, billing_import_batch],
     minimum_interval_seconds=RUN_END_SENSOR_INTERVAL_SECONDS,
     default_status=DefaultSensorStatus.RUNNING,
     description="When a billing_contact_import run is terminated while still holding its "
@@ -200,17 +379,23 @@ def recover_stale_claims(db, instance: DagsterInstance, now: datetime | None = N
 
 
 def recover_run(db, run: DagsterRun, cause: str, now: datetime | None = None) -> str | None:
-    """Recover the request ``run`` still holds (if any) now that the run has ended."""
-    request = queue.request_held_by(db, run.run_id)
-    if request is None:
-        return None
-    return recovery.recover_request(
-        db,
-        request,
-        cause=cause,
-        run_cancelled=run.status == DagsterRunStatus.CANCELED,
-        now=now or datetime.now(UTC),
-    )
+    """Recover the requests ``run`` still holds (if any: a batch run may hold several) now that
+    the run has ended; says what it did."""
+    done = [
+        message
+        for request in queue.requests_held_by(db, run.run_id)
+        if (
+            message := recovery.recover_request(
+                db,
+                request,
+                cause=cause,
+                run_cancelled=run.status == DagsterRunStatus.CANCELED,
+                now=now or datetime.now(UTC),
+            )
+        )
+        is not None
+    ]
+    return "; ".join(done) if done else None
 
 
 def run_facts(run: DagsterRun | None) -> RunFacts | None:
@@ -224,6 +409,15 @@ def run_facts(run: DagsterRun | None) -> RunFacts | None:
         started=run.status == DagsterRunStatus.STARTED,
         cancelled=run.status == DagsterRunStatus.CANCELED,
     )
+
+
+def _batch_import_ids(run_config: Mapping[str, Any] | None) -> list[str]:
+    """The requests a batch run's config names."""
+    try:
+        ids = run_config["ops"]["import_requests"]["config"]["import_ids"]  # type: ignore[index]
+    except (KeyError, TypeError):
+        return []
+    return [str(import_id) for import_id in ids] if isinstance(ids, list) else []
 
 
 def _failure_reason(context: RunFailureSensorContext) -> str:

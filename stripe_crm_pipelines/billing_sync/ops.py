@@ -22,6 +22,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from stripe_crm_pipelines.billing_import import queue
 from stripe_crm_pipelines.billing_import.rate_limit import bucket_for_key
 from stripe_crm_pipelines.billing_import.requests import CONTACT_TYPES
 from stripe_crm_pipelines.billing_sync.state import load_sync_state, start_sync_attempt
@@ -83,6 +84,18 @@ def sync_billing_contacts(
             allow_retries=False,
         )
     start_sync_attempt(db, state.id, context.run_id, datetime.now(UTC))
+    importing = queue.others_working_on(db, account_id, context.run_id)
+    if importing:
+        # An import holds the account (see billing_import.exclusion); its cursor waits.
+        message = (
+            f"Import {importing[0]} is running for account {account_id}; the sync leaves its "
+            "cursor where it is until its next turn"
+        )
+        context.log.info(message)
+        context.add_output_metadata(
+            {"status": MetadataValue.text("deferred"), "deferred_by": MetadataValue.text(message)}
+        )
+        return
     try:
         credentials = load_billing_credentials(db, account_id)
     except StripeKeyError as error:

@@ -24,11 +24,12 @@ from dagster import (
 )
 
 from stripe_crm_pipelines.billing_import import tags
-from stripe_crm_pipelines.billing_import.sensor import NO_CONNECTED_ACCOUNT, connected_accounts_of
+from stripe_crm_pipelines.billing_import.sensor import NO_CONNECTED_ACCOUNT
 from stripe_crm_pipelines.billing_sync.job import billing_contact_sync
 from stripe_crm_pipelines.billing_sync.state import SyncState, due_sync_states
 from stripe_crm_pipelines.catalog import add_account_partitions
 from stripe_crm_pipelines.resources import MongoResource
+from stripe_crm_pipelines.stripe_keys import connected_accounts_of
 
 SENSOR_INTERVAL_SECONDS = 30
 

@@ -238,7 +238,9 @@ def test_the_import_walks_as_many_windows_as_its_rate_limit_serves(
 
     assert run.success
     assert import_result(db, import_id)["customers_fetched"] == 1500
-    assert most_requests_at_once(stripe_sandbox) == 4  # 20/s x 100+ ms, rounded up, + 1; not 8
+    # 20/s x 100+ ms, rounded up, + 1 = 4 windows, not 8; on a loaded machine a late answer can
+    # overlap the next window's first request, so one more may be seen at an instant.
+    assert 4 <= most_requests_at_once(stripe_sandbox) <= 5
 
 
 def test_a_windowed_import_resumes_from_its_checkpoint(db, mongo_uri, stripe_sandbox, instance):

@@ -8,6 +8,7 @@ from stripe_crm_pipelines import store
 from stripe_crm_pipelines.billing_import import tags
 from stripe_crm_pipelines.billing_import.sensor import billing_import_sensor
 from stripe_crm_pipelines.resources import MongoResource
+from stripe_crm_pipelines.resources.import_batching import ImportBatchingResource
 from tests.conftest import (
     CONNECTED_ACCOUNT,
     SEED_MAPPINGS,
@@ -28,7 +29,14 @@ def test_bug_1_a_missing_key_skips_only_that_request(db, mongo_uri, instance):
     before = list(db[store.QUEUES].find({}))
 
     result = billing_import_sensor.evaluate_tick(
-        build_sensor_context(instance=instance, resources={"mongo": MongoResource(uri=mongo_uri)})
+        build_sensor_context(
+            instance=instance,
+            resources={
+                "mongo": MongoResource(uri=mongo_uri),
+                # A run per request, so each launched request shows in the tags.
+                "import_batching": ImportBatchingResource(max_requests=0),
+            },
+        )
     )
 
     assert {run.tags[tags.IMPORT_ID] for run in result.run_requests} == {

@@ -19,6 +19,7 @@ from stripe_crm_pipelines.billing_import.job import billing_contact_import
 from stripe_crm_pipelines.billing_import.sensor import billing_import_sensor
 from stripe_crm_pipelines.definitions import defs
 from stripe_crm_pipelines.resources import MongoResource
+from stripe_crm_pipelines.resources.import_batching import ImportBatchingResource
 from tests.conftest import (
     CONNECTED_ACCOUNT,
     SECRET_KEY,
@@ -32,9 +33,14 @@ from tests.conftest import (
 NOW = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
 
 
-def evaluate(instance, mongo_uri):
+def evaluate(instance, mongo_uri, batch_max: int = 0):
+    """One tick; ``batch_max`` 0 gives every request a run of its own (tested here)."""
     context = build_sensor_context(
-        instance=instance, resources={"mongo": MongoResource(uri=mongo_uri)}
+        instance=instance,
+        resources={
+            "mongo": MongoResource(uri=mongo_uri),
+            "import_batching": ImportBatchingResource(max_requests=batch_max),
+        },
     )
     return billing_import_sensor.evaluate_tick(context)
 
@@ -176,10 +182,12 @@ def test_a_launched_request_is_not_requested_again_once_claimed(
     assert evaluate(instance, mongo_uri).run_requests == []
 
 
-def test_definitions_hold_the_job_and_a_running_sensor():
-    job = defs.resolve_job_def("billing_contact_import")
+def test_definitions_hold_the_jobs_and_a_running_sensor():
     sensor = defs.resolve_sensor_def("billing_import_sensor")
-    assert sensor.job_name == job.name
+    assert {target.job_name for target in sensor.targets} == {
+        defs.resolve_job_def("billing_contact_import").name,
+        defs.resolve_job_def("billing_import_batch").name,
+    }
     assert sensor.minimum_interval_seconds == 30
     assert sensor.default_status == DefaultSensorStatus.RUNNING
 

@@ -16,7 +16,7 @@ from dagster import (
 )
 
 from stripe_crm_pipelines import store
-from stripe_crm_pipelines.billing_import import tags
+from stripe_crm_pipelines.billing_import import queue, tags
 from stripe_crm_pipelines.billing_sync.job import billing_contact_sync
 from stripe_crm_pipelines.billing_sync.sensor import billing_sync_sensor
 from stripe_crm_pipelines.billing_sync.state import (
@@ -40,6 +40,7 @@ from tests.billing_import.test_job import (
     CONNECTED_ACCOUNT,
     SECRET_KEY,
     add_account,
+    add_request,
     everything_recorded,
     run_failure_message,
 )
@@ -113,6 +114,35 @@ def test_a_sync_run_applies_changes_and_records_the_account_in_the_catalog(
     metadata = {key: value.value for key, value in output.step_output_data.metadata.items()}
     assert (metadata["events_read"], metadata["status"]) == (1, "completed")
     assert SECRET_KEY not in everything_recorded(instance, result.run_id)
+
+
+def test_a_sync_leaves_its_cursor_while_an_import_of_the_account_is_claimed(
+    db, mongo_uri, stripe_sandbox, instance, stripe_client_factory
+):
+    ada = stripe_sandbox.state.add_customer(CONNECTED_ACCOUNT, email="ada@example.com")
+    account_id = keep_in_sync(db, mongo_uri, stripe_sandbox, instance)
+    stripe_client_factory(CONNECTED_ACCOUNT).v1.customers.update(
+        ada["id"], params={"address": {"city": "Porto"}}
+    )
+    cursor_before = load_sync_state(db, account_id, "person").events_cursor
+    import_id = add_request(db, account_id)
+    queue.claim(db, import_id, "a-batch-run")
+
+    result = run_sync_job(mongo_uri, stripe_sandbox, account_id, instance)
+
+    assert result.success
+    [output] = [
+        event
+        for event in result.events_for_node("sync_billing_contacts")
+        if event.event_type == DagsterEventType.STEP_OUTPUT
+    ]
+    metadata = {key: value.value for key, value in output.step_output_data.metadata.items()}
+    assert metadata["status"] == "deferred"
+    assert str(import_id) in metadata["deferred_by"]
+    assert load_sync_state(db, account_id, "person").events_cursor == cursor_before
+    assert "address" not in contact_of(db, ada["id"]) or (
+        contact_of(db, ada["id"])["address"].get("city") != "Porto"
+    )
 
 
 def test_checks_fail_for_contacts_that_share_an_email_or_a_stripe_id(

@@ -15,6 +15,7 @@ from stripe_crm_pipelines import store
 from stripe_crm_pipelines.billing_import.mapping import normalize_email
 from stripe_crm_pipelines.billing_import.sensor import billing_import_sensor
 from stripe_crm_pipelines.resources import MongoResource
+from stripe_crm_pipelines.resources.import_batching import ImportBatchingResource
 
 VOLATILE_CONTACT_FIELDS = frozenset(
     {"_id", "parent_account", "owner", "created_by", "createdAt", "old_field_values"}
@@ -72,8 +73,13 @@ def assert_counts_add_up(result: Mapping[str, Any], customers: int) -> None:
 
 
 def evaluate_sensor(instance: DagsterInstance, mongo_uri: str) -> SensorResult:
+    """One tick of the sensor, every request with a run of its own."""
     context = build_sensor_context(
-        instance=instance, resources={"mongo": MongoResource(uri=mongo_uri)}
+        instance=instance,
+        resources={
+            "mongo": MongoResource(uri=mongo_uri),
+            "import_batching": ImportBatchingResource(max_requests=0),
+        },
     )
     return billing_import_sensor.evaluate_tick(context)
 

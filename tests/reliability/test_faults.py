@@ -17,6 +17,7 @@ from pymongo import InsertOne
 from pymongo.errors import AutoReconnect, NetworkTimeout
 
 from stripe_crm_pipelines import store
+from stripe_crm_pipelines.billing_import import exclusion
 from stripe_crm_pipelines.billing_import.job import billing_contact_import
 from stripe_crm_pipelines.resources import MongoResource, StripeResource
 from tests.conftest import (
@@ -240,10 +241,18 @@ class RacingDatabase(FaultyDatabase):
         return RacingContacts(collection, self._race) if name == store.CONTACTS else collection
 
 
+def allow_two_imports_of_one_account(monkeypatch) -> None:
+    """Switch off the claim-time check that keeps a second import of an account from going on
+    (billing_import/exclusion.py), to test the defence behind it: the unique indexes and the
+    upsert retried as an update."""
+    monkeypatch.setattr(exclusion, "who_else_works_on", lambda *args: None)
+
+
 def test_an_upsert_that_loses_a_race_for_a_key_is_retried_as_an_update(
     db, mongo_uri, sandbox, instance, monkeypatch
 ):
     enforce_unique_contacts(db)
+    allow_two_imports_of_one_account(monkeypatch)
     sandbox.state.seed_customers(180, seed=53, account=CONNECTED_ACCOUNT)
     account_id = add_account(db)
     first = add_request(db, account_id, mappings={"name": "name"})
@@ -278,8 +287,9 @@ def test_an_upsert_that_loses_a_race_for_a_key_is_retried_as_an_update(
 
 
 def test_two_imports_of_one_account_at_once_on_the_embedded_store_give_one_contact_each(
-    store_uri, sandbox
+    store_uri, sandbox, monkeypatch
 ):
+    allow_two_imports_of_one_account(monkeypatch)
     sandbox.state.seed_customers(600, seed=54, account=CONNECTED_ACCOUNT)
     sandbox.state.configure(endpoint_latency_ms={LISTING: 20})
     db = store.connect(store_uri)
