@@ -46,8 +46,9 @@ def slow_sandbox(stripe_sandbox, monkeypatch):
 
 
 def run_stopping_part_way(store_uri, sandbox, import_id, instance, monkeypatch, stop):
-    """Run the import; ``stop()`` runs in the import's own thread before its first contacts
-    write after :data:`STOP_AFTER_CONTACTS` contacts are written (where a signal lands too)."""
+    """Run the import; ``stop()`` runs in the thread that writes the contacts before its first
+    contacts write after :data:`STOP_AFTER_CONTACTS` contacts are written (an exception it
+    raises reaches the import's own thread, as a signal would)."""
     open_database = store.open_database
 
     def before(collection: str, method: str, args) -> None:
@@ -98,7 +99,10 @@ def test_a_request_cancelled_while_it_runs_stops_between_pages(
     import_id = add_request(db, account_id, mappings={"name": "name"})
 
     def cancel_from_the_crm() -> None:
-        db[store.QUEUES].update_one({"_id": import_id}, {"$set": {"status": "cancelled"}})
+        # The embedded store's connections belong to the thread that opened them.
+        store.connect(store_uri)[store.QUEUES].update_one(
+            {"_id": import_id}, {"$set": {"status": "cancelled"}}
+        )
 
     result = run_stopping_part_way(
         store_uri, slow_sandbox, import_id, instance, monkeypatch, cancel_from_the_crm
