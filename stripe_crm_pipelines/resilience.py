@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 from dagster import get_dagster_logger
 from pymongo.errors import BulkWriteError
-from pymongo.results import BulkWriteResult
+from pymongo.results import BulkWriteResult, InsertManyResult
 
 from stripe_crm_pipelines.errors import DUPLICATE_KEY, MONGO_CONNECTION_ERRORS
 from stripe_crm_pipelines.store import WrappedCollection, WrappedDatabase
@@ -114,6 +114,29 @@ class ResilientCollection(WrappedCollection):
         return RetryingCursor(
             self._describe("find"), lambda: self._collection.find(*args, **kwargs), self._policy
         )
+
+    def insert_many(self, documents: Sequence[Any], ordered: bool = True, **kwargs: Any) -> Any:
+        """Retried when every document carries its own ``_id`` and order does not matter (the
+        change log's entries): a try repeated after a lost reply meets the entries the first
+        one wrote as duplicate ``_id`` keys, and those count as inserted. Otherwise not
+        retried."""
+        documents = list(documents)
+        if ordered or not all(isinstance(d, dict) and "_id" in d for d in documents):
+            return self._collection.insert_many(documents, ordered=ordered, **kwargs)
+        tries = 0
+
+        def insert() -> Any:
+            nonlocal tries
+            tries += 1
+            try:
+                return self._collection.insert_many(documents, ordered=False, **kwargs)
+            except BulkWriteError as error:
+                errors = error.details.get("writeErrors", [])
+                if tries == 1 or any(e.get("code") != DUPLICATE_KEY for e in errors):
+                    raise
+                return InsertManyResult([d["_id"] for d in documents], acknowledged=True)
+
+        return self._policy.run(self._describe("insert_many"), insert)
 
     def bulk_write(self, requests: Sequence[Any], ordered: bool = True, **kwargs: Any) -> Any:
         requests = list(requests)

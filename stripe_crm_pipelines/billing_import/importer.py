@@ -295,22 +295,38 @@ def run_import(
     return outcome
 
 
+_collector_lock = threading.Lock()
+_collector_users = 0
+_collector_thresholds: tuple[int, int, int] | None = None
+
+
 @contextmanager
 def collection_set_aside() -> Iterator[None]:
     """While an import runs, Python's cyclic garbage collector leaves alone the objects the
     process held before it (``gc.freeze``) and runs less often (a first-generation threshold of
     :data:`GC_YOUNG_THRESHOLD`). An import allocates millions of short-lived objects; with
     Dagster's modules in the process, each full collection otherwise paused every thread, the
-    Stripe fetch included, for about 0.2 s, several times per 10,000 customers. The collector's
-    settings are restored afterwards."""
-    thresholds = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(max(thresholds[0], GC_YOUNG_THRESHOLD), *thresholds[1:])
+    Stripe fetch included, for about 0.2 s, several times per 10,000 customers.
+
+    The collector's settings belong to the process, and a batch run has several imports going
+    at once: the first import in sets them, the last one out restores them."""
+    global _collector_users, _collector_thresholds
+    with _collector_lock:
+        if _collector_users == 0:
+            _collector_thresholds = gc.get_threshold()
+            gc.freeze()
+            gc.set_threshold(
+                max(_collector_thresholds[0], GC_YOUNG_THRESHOLD), *_collector_thresholds[1:]
+            )
+        _collector_users += 1
     try:
         yield
     finally:
-        gc.set_threshold(*thresholds)
-        gc.unfreeze()
+        with _collector_lock:
+            _collector_users -= 1
+            if _collector_users == 0 and _collector_thresholds is not None:
+                gc.set_threshold(*_collector_thresholds)
+                gc.unfreeze()
 
 
 class _CancelRequested(Exception):

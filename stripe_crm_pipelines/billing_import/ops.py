@@ -28,7 +28,7 @@ from dagster import (
 from pydantic import Field
 
 from stripe_crm_pipelines import store
-from stripe_crm_pipelines.billing_import import exclusion, importer, queue
+from stripe_crm_pipelines.billing_import import importer, queue
 from stripe_crm_pipelines.billing_import.batches import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CONCURRENCY,
@@ -152,9 +152,14 @@ def claim_import_request(
     except ImportFailed as failed:
         raise _closed_failure(failed) from None
     account_id = claimed.request.account_id
-    other = exclusion.who_else_works_on(db, context.instance, account_id, context.run_id)
-    if other is not None:
-        reason = f"{other} works on account {account_id}; left pending for a later run"
+    # The run queue keeps this run apart from other runs tagged with the Stripe account; a
+    # batch run's import of the account shows as a claimed request (billing_import/exclusion.py).
+    others = queue.others_working_on(db, account_id, context.run_id)
+    if others:
+        reason = (
+            f"import {others[0]} (claimed by another run) works on account {account_id}; "
+            "left pending for a later run"
+        )
         queue.release(db, claimed.request.id, context.run_id, reason)
         raise Failure(
             description=f"Import {config.import_id} released: {reason}", allow_retries=False

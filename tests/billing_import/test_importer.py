@@ -195,3 +195,22 @@ def test_an_interrupt_closes_the_import_only_when_the_run_was_terminated(
     else:
         assert request["in_progress"] is True, "left claimed for recovery"
         assert db[store.IMPORT_RESULTS].count_documents({}) == 0
+
+
+def test_concurrent_imports_restore_the_collector_once_the_last_one_ends():
+    """A batch run has several imports at once; the collector's settings are the process's."""
+    import gc
+
+    from stripe_crm_pipelines.billing_import.importer import (
+        GC_YOUNG_THRESHOLD,
+        collection_set_aside,
+    )
+
+    before = gc.get_threshold()
+    first, second = collection_set_aside(), collection_set_aside()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert gc.get_threshold()[0] == max(before[0], GC_YOUNG_THRESHOLD)  # the second still runs
+    second.__exit__(None, None, None)
+    assert gc.get_threshold() == before

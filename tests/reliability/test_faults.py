@@ -17,7 +17,7 @@ from pymongo import InsertOne
 from pymongo.errors import AutoReconnect, NetworkTimeout
 
 from stripe_crm_pipelines import store
-from stripe_crm_pipelines.billing_import import exclusion
+from stripe_crm_pipelines.billing_import import queue
 from stripe_crm_pipelines.billing_import.job import billing_contact_import
 from stripe_crm_pipelines.resources import MongoResource, StripeResource
 from tests.conftest import (
@@ -245,7 +245,7 @@ def allow_two_imports_of_one_account(monkeypatch) -> None:
     """Switch off the claim-time check that keeps a second import of an account from going on
     (billing_import/exclusion.py), to test the defence behind it: the unique indexes and the
     upsert retried as an update."""
-    monkeypatch.setattr(exclusion, "who_else_works_on", lambda *args: None)
+    monkeypatch.setattr(queue, "others_working_on", lambda *args: [])
 
 
 def test_an_upsert_that_loses_a_race_for_a_key_is_retried_as_an_update(

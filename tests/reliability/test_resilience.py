@@ -4,6 +4,7 @@ bulk write that lost a race for a unique key is finished."""
 from __future__ import annotations
 
 import pytest
+from bson import ObjectId
 from pymongo import InsertOne, UpdateOne
 from pymongo.errors import AutoReconnect, NetworkTimeout, OperationFailure
 
@@ -170,3 +171,38 @@ def test_the_resource_wraps_the_store_with_its_retry_settings(mongo_uri):
     assert isinstance(database, ResilientDatabase)
     assert database.name == "crm"
     assert database[store.QUEUES].find_one({}) is None
+
+
+class LostReply(Flaky):
+    """``insert_many`` takes effect, then the reply is lost, ``times`` times."""
+
+    def __getattr__(self, name):
+        attribute = getattr(self._collection, name)
+        if name != "insert_many":
+            return attribute
+
+        def call(*args, **kwargs):
+            result = attribute(*args, **kwargs)
+            if self.failures_left:
+                self.failures_left -= 1
+                raise AutoReconnect("reply lost")
+            return result
+
+        return call
+
+
+def test_inserts_with_their_own_ids_are_retried_and_counted_once(db, sleeps):
+    """The change log's entries carry their ids: a retry after a lost reply writes none twice."""
+    log = db[store.IMPORT_CHANGES]
+    entries = [{"_id": ObjectId(), "n": n} for n in range(3)]
+
+    result = resilience.ResilientCollection(LostReply(log, "insert_many", 1), MongoRetry())
+    inserted = result.insert_many(entries, ordered=False)
+
+    assert inserted.inserted_ids == [entry["_id"] for entry in entries]
+    assert sorted(document["n"] for document in log.find()) == [0, 1, 2]
+    assert len(sleeps) == 1
+    with pytest.raises(AutoReconnect):  # without ids of their own, not retried
+        resilience.ResilientCollection(Flaky(log, "insert_many", 1), MongoRetry()).insert_many(
+            [{"n": 3}], ordered=False
+        )
