@@ -94,7 +94,7 @@ class SyncCustomersConfig(Config):
         le=32,
         description="At most this many windows of `created` seconds listed at once after the "
         "walk fans out; it keeps as many going as the key's rate limit can serve at the pace "
-        "of its pages (6 at 25 requests/s and 200 ms pages). 1 walks the customer list "
+        "of its pages (7 at 25 requests/s and 200 ms pages). 1 walks the customer list "
         "sequentially, still under the snapshot `created[lte]` (the second the import "
         "started). A server that refuses the `created` filter is listed sequentially without "
         "a snapshot whatever this says, and the result records it.",
