@@ -7,9 +7,10 @@ time. A ``billing_import_batch`` run imports many accounts, so that tag cannot d
 instead every import and sync first announces itself, then looks for anyone else:
 
 * an import announces itself by claiming its request; it then looks for another claimed request
-  of the account (:func:`queue.others_working_on`) and for a started run tagged with the
-  account's Stripe account other than its own (:func:`who_else_works_on`), and steps back if it
-  finds one (the request is released, untouched, for a later run);
+  of the account (:func:`queue.others_working_on`) and steps back if it finds one (the request
+  is released, untouched, for a later run). An import in a batch also looks for a started run
+  tagged with the account's Stripe account (:func:`who_else_works_on`); a run of its own need
+  not, as the run queue keeps it apart from those;
 * a sync announces itself by running (its run is started before its op looks); it looks for
   claimed requests of the account and, finding one, leaves its cursor where it is until its next
   turn.
@@ -19,8 +20,6 @@ on (both may step back; each tries again later).
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterable
 
 from bson import ObjectId
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
@@ -55,8 +54,3 @@ def who_else_works_on(
         for run in running_runs_of(instance, stripe_account, run_id):
             return f"run {run.run_id} of {run.job_name}"
     return None
-
-
-def claimed_imports_of(db, account_ids: Iterable[ObjectId]) -> set[ObjectId]:
-    """The accounts among ``account_ids`` that an import holds a claimed request of."""
-    return {held.account_id for held in queue.held_requests(db) if held.account_id in account_ids}
