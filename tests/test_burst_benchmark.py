@@ -35,7 +35,8 @@ def test_the_burst_benchmark_imports_every_request_and_checks_every_account():
     lines = completed.stdout.splitlines()
     rows = {line[:27].strip(): line[27:] for line in lines if line.startswith("  ")}
     assert rows["completed / failed"] == "3 / 0"
-    assert rows["runs"].startswith("3 (3 succeeded), at most ")
+    # A burst of small imports shares a billing_import_batch run (a lone one has its own).
+    assert re.match(r"([123]) \(\1 succeeded\), at most ", rows["runs"]), rows["runs"]
     assert rows["own result, with run id"] == "3/3 requests"
     assert rows["contacts right"].startswith("3/3 accounts: ")
     assert SUMMARY.fullmatch(lines[-1]), lines[-1]
