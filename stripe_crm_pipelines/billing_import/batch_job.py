@@ -32,8 +32,6 @@ from stripe_crm_pipelines.catalog import account_events, ensure_account_partitio
 from stripe_crm_pipelines.contact_health import uniqueness_checks_by_account
 from stripe_crm_pipelines.resources import MongoResource, StripeResource
 
-OBJECT_ID_PATTERN = r"^[0-9a-fA-F]{24}$"
-
 
 class BatchRunConfig(Config):
     """Which import requests this run processes. The sensor fills it in."""
