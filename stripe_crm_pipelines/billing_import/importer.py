@@ -436,7 +436,7 @@ def _sync_batches(
             max_customers=limit - outcome.customers_fetched,
             settings=settings,
         ) as listing,
-        _BatchWriter(connect, claim, outcome, created_lte, limit, log) as writer,
+        _BatchWriter(db, connect, claim, outcome, created_lte, limit, log) as writer,
     ):
         if checkpoint is None:
             outcome.add_backfill(backfill_email_keys(contacts, target, seen))
@@ -470,10 +470,17 @@ class _BatchWriter:
     own connection from ``connect``), one batch at a time: :meth:`write` waits for the batch
     before to be written and raises its error. The outcome is counted here, batch by batch.
     Leaving the ``with`` block waits for the last batch (and raises its error, unless the
-    block is already failing)."""
+    block is already failing).
+
+    On the embedded store (:func:`store.prefers_one_writer`) it writes in the calling thread,
+    with ``db``: there a connection re-reads and re-indexes a whole collection after another
+    connection wrote to it, so a writer thread would have the import's next query of
+    ``contacts`` read every contact of the store again, batch after batch and import after
+    import."""
 
     def __init__(
         self,
+        db,
         connect: Callable[[], Any],
         claim: queue.Claim,
         outcome: ImportOutcome,
@@ -487,8 +494,13 @@ class _BatchWriter:
         self._created_lte = created_lte
         self._limit = limit
         self._log = log
-        self._db = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="import-writer")
+        inline = store.prefers_one_writer(db)
+        self._db = db if inline else None
+        self._executor = (
+            None
+            if inline
+            else ThreadPoolExecutor(max_workers=1, thread_name_prefix="import-writer")
+        )
         self._pending: Future[None] | None = None
         self.finished = False
         """Whether the last batch written left nothing to list (or reached the limit)."""
@@ -503,9 +515,13 @@ class _BatchWriter:
                 if exc_type is None:
                     self._pending.result()
         finally:
-            self._executor.shutdown(wait=True)
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
 
     def write(self, batch: CustomerBatch, plan: UpsertPlan, listing: CustomerListing) -> None:
+        if self._executor is None:
+            self._write(batch, plan, listing.snapshot)
+            return
         self.wait()
         self._pending = self._executor.submit(self._write, batch, plan, listing.snapshot)
 

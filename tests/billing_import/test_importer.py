@@ -214,3 +214,38 @@ def test_concurrent_imports_restore_the_collector_once_the_last_one_ends():
     assert gc.get_threshold()[0] == max(before[0], GC_YOUNG_THRESHOLD)  # the second still runs
     second.__exit__(None, None, None)
     assert gc.get_threshold() == before
+
+
+def test_on_the_embedded_store_an_import_writes_on_the_callers_connection(
+    tmp_path, sandbox, monkeypatch
+):
+    """A litemongo connection re-reads a whole collection after another connection wrote to it:
+    batches written from a thread of their own would have every batch (and every import of a
+    batch run) read all contacts again. The database is opened as the resource opens it."""
+    import litemongo
+
+    from stripe_crm_pipelines.resources import MongoResource
+
+    mongo = MongoResource(uri=(tmp_path / "store").as_uri())
+    db = mongo.database()
+    store.ensure_indexes(db)
+    sandbox.state.seed_customers(250, seed=43, account=CONNECTED_ACCOUNT)
+    import_id = add_request(db, add_account(db), mappings={"name": "name"})
+    claimed = claim_import(db, import_id, "run-1")
+    opened = []
+    original = litemongo.connect
+    monkeypatch.setattr(litemongo, "connect", lambda *a, **k: opened.append(a) or original(*a, **k))
+
+    outcome = run_import(
+        db,
+        claimed,
+        stripe_clients(sandbox),
+        settings=FetchSettings(fan_out_after_seconds=0, batch_size=100, min_batch_size=100),
+        connect=mongo.database,
+    )
+
+    assert outcome.customers_fetched == 250
+    assert outcome.records_added + outcome.duplicates == 250
+    assert db[store.CONTACTS].count_documents({}) == outcome.records_added
+    assert request_of(db, import_id)["checkpoint"]["cursor"] is None
+    assert opened == []
