@@ -5,6 +5,7 @@ there through ``recovery.recover_request``."""
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -435,3 +436,36 @@ def test_the_watch_beats_and_notices_a_cancel(db, mongo_uri, monkeypatch):
         with pytest.raises(Exception, match="was cancelled"):
             watch.raise_if_stopped()
     assert db[store.QUEUES].find_one({"_id": import_id})["heartbeat_at"] > first
+
+
+def test_leaving_the_watch_does_not_wait_for_a_beat_under_way(db, mongo_uri, monkeypatch):
+    """An import ends when its last batch is written, not a store round trip later."""
+    monkeypatch.setattr(importer, "HEARTBEAT_SECONDS", 0.01)
+    import_id = add_request(db, add_account(db))
+    db[store.QUEUES].update_one(
+        {"_id": import_id}, {"$set": {"in_progress": True, "claimed_by_run": "r1"}}
+    )
+    mongo = MongoResource(uri=mongo_uri)
+    in_beat, beat_returned = threading.Event(), threading.Event()
+
+    class SlowQueues:
+        def __init__(self, collection):
+            self._collection = collection
+
+        def find_one_and_update(self, *args, **kwargs):
+            in_beat.set()
+            time.sleep(1.0)
+            answer = self._collection.find_one_and_update(*args, **kwargs)
+            beat_returned.set()
+            return answer
+
+    class SlowDatabase:
+        def __getitem__(self, name):
+            return SlowQueues(mongo.database()[name])
+
+    connections = iter([mongo.database()])
+    with ClaimWatch(lambda: next(connections, SlowDatabase()), import_id, "r1"):
+        assert in_beat.wait(5)
+    assert not beat_returned.is_set()
+    assert beat_returned.wait(5), "the beat under way still finishes"
+    assert db[store.QUEUES].find_one({"_id": import_id})["heartbeat_at"] is not None
