@@ -39,6 +39,9 @@ IMPORT_CHANGES = "contact_import_changes"
 PAYMENT_LINKS = "payment_links"
 SYNC_STATES = "stripe_sync_state"
 
+OBJECT_ID_PATTERN = r"^[0-9a-fA-F]{24}$"
+"""A document ``_id`` as run config takes it: 24 hexadecimal characters."""
+
 DEFAULT_DATABASE = "crm"
 DEFAULT_STORE_DIR = (
     Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share"))

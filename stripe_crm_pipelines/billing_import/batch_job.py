@@ -22,7 +22,7 @@ from dagster import (
     job,
     op,
 )
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from stripe_crm_pipelines import store
 from stripe_crm_pipelines.billing_import import batch, exclusion
@@ -55,6 +55,17 @@ class BatchRunConfig(Config):
         description="An account with more customers than this continues in a "
         "billing_contact_import run of its own, from what this run wrote.",
     )
+
+    @field_validator("import_ids")
+    @classmethod
+    def _each_an_object_id(cls, import_ids: list[str]) -> list[str]:
+        malformed = [value for value in import_ids if not ObjectId.is_valid(value)]
+        if malformed:
+            raise ValueError(
+                f"import_ids: {', '.join(map(repr, malformed))} is not an _id of `queues` "
+                "(24 hexadecimal characters)"
+            )
+        return import_ids
 
 
 @op(

@@ -55,8 +55,6 @@ from stripe_crm_pipelines.billing_import.results import ImportOutcome
 from stripe_crm_pipelines.catalog import account_events, ensure_account_partition
 from stripe_crm_pipelines.resources import MongoResource, StripeResource
 
-OBJECT_ID_PATTERN = r"^[0-9a-fA-F]{24}$"
-
 SYNC_RETRY_POLICY = RetryPolicy(
     max_retries=2, delay=2, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
 )
@@ -75,7 +73,7 @@ class ImportRunConfig(Config):
         "queue` (it prints the id). billing_import_sensor then launches the run itself, with "
         "the stripe_crm/* tags and the one-import-per-Stripe-account limit that a run launched "
         "here by hand lacks.",
-        pattern=OBJECT_ID_PATTERN,
+        pattern=store.OBJECT_ID_PATTERN,
     )
     max_customers: int | None = Field(
         default=None,

@@ -10,6 +10,7 @@ from typing import Literal
 from dagster import Config, Failure, MetadataValue, OpExecutionContext, in_process_executor, job, op
 from pydantic import Field
 
+from stripe_crm_pipelines import store
 from stripe_crm_pipelines.billing_import import queue
 from stripe_crm_pipelines.billing_import.new_requests import (
     QUEUED_BY_LAUNCHPAD,
@@ -18,8 +19,6 @@ from stripe_crm_pipelines.billing_import.new_requests import (
 from stripe_crm_pipelines.billing_import.requests import InvalidImportRequest
 from stripe_crm_pipelines.resources import MongoResource
 
-OBJECT_ID_PATTERN = r"^[0-9a-fA-F]{24}$"
-
 
 class QueueImportConfig(Config):
     """The import to queue; the fields the CRM would fill are taken from the account."""
@@ -27,7 +26,7 @@ class QueueImportConfig(Config):
     account_id: str = Field(
         description="The CRM account whose connected Stripe account is imported (`_accounts` "
         "_id, 24 hexadecimal characters). It needs a billing Stripe key.",
-        pattern=OBJECT_ID_PATTERN,
+        pattern=store.OBJECT_ID_PATTERN,
     )
     type: Literal["contacts", "companies"] = Field(
         description="contacts: import as person contacts; companies: as business contacts.",
@@ -61,7 +60,7 @@ class QueueImportConfig(Config):
     )
     user_id: str | None = Field(
         default=None,
-        pattern=OBJECT_ID_PATTERN,
+        pattern=store.OBJECT_ID_PATTERN,
         description="The user queuing the import (owner of created contacts). Empty: the "
         "account's owner, else the user of its newest import request.",
     )

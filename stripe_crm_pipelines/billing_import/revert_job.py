@@ -15,8 +15,8 @@ from dagster import (
 )
 from pydantic import Field
 
+from stripe_crm_pipelines import store
 from stripe_crm_pipelines.billing_import import revert, tags
-from stripe_crm_pipelines.billing_import.ops import OBJECT_ID_PATTERN
 from stripe_crm_pipelines.resources import MongoResource
 
 METADATA_CONFLICT_ROWS = 20
@@ -30,7 +30,7 @@ class RevertImportConfig(Config):
         "the import id `python -m stripe_crm_pipelines.history` lists (24 hexadecimal "
         "characters). A dry run, a failed or cancelled import, an import already reverted and a "
         "revert itself are refused.",
-        pattern=OBJECT_ID_PATTERN,
+        pattern=store.OBJECT_ID_PATTERN,
     )
 
 

@@ -22,6 +22,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from stripe_crm_pipelines import store
 from stripe_crm_pipelines.billing_import import queue
 from stripe_crm_pipelines.billing_import.rate_limit import bucket_for_key
 from stripe_crm_pipelines.billing_import.requests import CONTACT_TYPES
@@ -32,7 +33,6 @@ from stripe_crm_pipelines.resources import MongoResource, StripeResource
 from stripe_crm_pipelines.resources.stripe import RequestStats
 from stripe_crm_pipelines.stripe_keys import StripeKeyError, load_billing_credentials
 
-OBJECT_ID_PATTERN = r"^[0-9a-fA-F]{24}$"
 SYNC_RETRY_POLICY = RetryPolicy(
     max_retries=2, delay=2, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
 )
@@ -46,7 +46,7 @@ class SyncRunConfig(Config):
     account_id: str = Field(
         description="The CRM account (_id in `_accounts`, 24 hexadecimal characters) whose "
         "contacts to sync; a keep_in_sync import must have completed for it.",
-        pattern=OBJECT_ID_PATTERN,
+        pattern=store.OBJECT_ID_PATTERN,
     )
     import_type: Literal["contacts", "companies"] = Field(
         default="contacts",

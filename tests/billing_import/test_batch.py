@@ -371,3 +371,34 @@ def test_requests_a_dead_batch_run_held_are_all_queued_again(db, mongo_uri, sand
         request = db[store.QUEUES].find_one({"_id": import_id})
         assert (request["status"], request["in_progress"]) == ("pending", False)
         assert request["failed_attempts"][0]["run_id"] == run.run_id
+
+
+def test_a_batch_launched_with_a_malformed_id_fails_naming_it_and_claims_nothing(
+    db, mongo_uri, sandbox, instance
+):
+    [(_, import_id, _)] = small_accounts(db, sandbox, [3])
+
+    result = billing_import_batch.execute_in_process(
+        run_config={
+            "ops": {"import_requests": {"config": {"import_ids": [str(import_id), "6b11-nope"]}}}
+        },
+        resources={
+            "mongo": MongoResource(uri=mongo_uri),
+            "stripe": StripeResource(api_base=sandbox.url),
+        },
+        instance=instance,
+        raise_on_error=False,
+    )
+
+    assert not result.success
+    [failure] = [
+        event for event in result.all_events if event.event_type == DagsterEventType.STEP_FAILURE
+    ]
+    error, messages = failure.step_failure_data.error, []
+    while error is not None:
+        messages.append(error.message)
+        error = error.cause
+    assert "import_ids: '6b11-nope' is not an _id of `queues`" in "\n".join(messages)
+    request = db[store.QUEUES].find_one({"_id": import_id})
+    assert (request["status"], request["in_progress"]) == ("pending", False)
+    assert sandbox.state.requests() == []
