@@ -11,7 +11,8 @@ Fetching starts when the ``with`` block is entered, so pages arrive while the ca
 and stops when the batches run out or the block ends. The pages come from a
 :class:`~stripe_crm_pipelines.billing_import.windows.WindowedWalk` (see that module for the
 windows and the snapshot). Before the walk fans out a batch is one page, so a small account is
-written page by page as it arrives; after, a batch holds ``settings.batch_size`` customers, or
+written page by page as it arrives (a first page the fan-out follows joins the first batch after
+it); after, a batch holds ``settings.batch_size`` customers, or
 at least ``settings.min_batch_size`` when the next page is not fetched yet (fewer at the end):
 the writer writes instead of waiting, and little is left to write after the last page. If
 fetching fails, the customers already fetched come first (``has_more`` true), then the error is
@@ -166,6 +167,10 @@ def _group(
             )
             if not customers or (page.fanned_out and not (full or early)):
                 continue
+            if number == 1 and pages == 1 and page.window_has_more and ahead.fans_out_next():
+                # The walk fans out with the second page: the first joins the batch it starts,
+                # rather than costing a batch's round trips for 100 customers.
+                continue
             has_more = page.window_has_more or ahead.any_left()
             if not has_more:
                 # Only empty pages are left: count them here rather than in an empty batch.
@@ -203,6 +208,16 @@ class _LookAhead:
         drained = len(self._held) + sum(1 for _ in self._pages)
         self._held.clear()
         return drained
+
+    def fans_out_next(self) -> bool:
+        """Whether the next page (waited for, and kept for :meth:`next`) comes from a walk that
+        has fanned out."""
+        if not self._held:
+            page = next(self._pages, None)
+            if page is None:
+                return False
+            self._held.append(page)
+        return self._held[0].fanned_out
 
     def any_left(self) -> bool:
         """Whether another customer follows; the pages read to know are kept for :meth:`next`."""

@@ -64,6 +64,28 @@ def test_a_batch_goes_early_at_half_its_size_rather_than_keep_the_writer_waiting
         assert any(size < 1000 for size in sizes), sizes
 
 
+@pytest.mark.parametrize(("concurrency", "first_batch"), [(4, range(1000, 1100)), (1, [100])])
+def test_a_first_page_the_fan_out_follows_joins_the_first_batch(
+    stripe_sandbox, concurrency, first_batch
+):
+    """Fanning out after two pages, the first page is not a batch (and its round trips) of its
+    own; a walk that stays sequential still writes page by page."""
+    newest_first = add_customers_sharing_seconds(stripe_sandbox, 2000, per_second=2)
+    stripe_sandbox.state.configure(latency_ms=20)
+    settings = FetchSettings(
+        concurrency=concurrency,
+        fan_out_after_seconds=0.03,  # two pages of 20 ms
+        batch_size=1000,
+        min_batch_size=1000,
+    )
+
+    batches = list_batches(stripe_sandbox, settings)
+
+    assert listed_ids(batches) == newest_first
+    assert len(batches[0].customers) in first_batch
+    assert batches[0].pages >= len(batches[0].customers) // 100
+
+
 def test_min_batch_size_must_fit_the_batch():
     with pytest.raises(ValueError, match="min_batch_size"):
         FetchSettings(batch_size=1000, min_batch_size=1001)
