@@ -15,6 +15,44 @@ from pymongo import UpdateOne
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def test_the_walk_schedule_benchmark_lists_every_customer_once_and_compares_with_a_walk():
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/walk_schedule.py",
+            "--customers",
+            "1200",
+            "--walks",
+            "2",
+            "--latency-ms",
+            "40",
+            "--rate-limit",
+            "100",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    lines = completed.stdout.splitlines()
+    assert lines[0].startswith("Walk schedule: 1,200 customers (12 full pages), 40 ms pages")
+    walks = [line.split() for line in lines[2:4]]
+    for _, seconds, _, requests, partial, empty, windows in walks:
+        assert float(seconds) > 0
+        # It fanned out (0.2 s of 40 ms pages): windows, each ending with a partial or empty
+        # page, so more requests than pages.
+        assert int(windows) > 1
+        assert int(partial) + int(empty) >= 1
+        assert int(requests) > 12
+    # The baseline walks one page after another: a request per full page and the last one.
+    assert lines[4].startswith("sequential walk (baseline, walk 0's customers): ")
+    assert lines[4].endswith(", 12 requests")
+    assert lines[-1].startswith("summary: walk of 1,200 customers ")
+    assert "x the rate-limit bound" in lines[-1]
+
+
 def test_the_benchmark_runs_the_import_and_the_seed_algorithm_on_the_same_data():
     completed = subprocess.run(
         [

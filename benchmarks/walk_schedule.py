@@ -1,0 +1,169 @@
+"""The customer walk alone: how close the windows come to the rate-limit bound, with no writing.
+
+    .venv/bin/python benchmarks/walk_schedule.py              # 10,000 customers, 10 walks
+    .venv/bin/python benchmarks/walk_schedule.py --customers 150 --walks 5
+    .venv/bin/python benchmarks/walk_schedule.py --help
+
+``import_throughput.py`` times the whole import: HTTP, the SDK, parsing, matching and writing
+share two cores, and its figures move with the machine's load. This script isolates the
+scheduler (``billing_import/windows.py``): a :class:`WindowedWalk` with the import's default
+settings lists customers from an in-process listing that behaves like Stripe's (newest first,
+100 a page, ``created[gte]``/``created[lte]`` and ``starting_after``), answers each request after
+``--latency-ms`` and lets requests through a token bucket of ``--rate-limit`` per second, as the
+import's client does. The customers' ``created`` seconds are spread at random over five years,
+as the sandbox seeds them; each walk draws them with its own seed.
+
+Printed per walk and on average: the walk's seconds against the rate-limit bound (one request
+per 100 customers at the rate), the requests it made against the pages the customers fill, the
+partial and empty pages (each window ends with one), and the windows walked. The baseline in the
+same run is one sequential walk (``concurrency=1``) of the same customers, which is what the
+walk would take without windows. Exit status 1 if a walk lists a customer twice or misses one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import json
+import math
+import random
+import statistics
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from stripe_crm_pipelines.billing_import.batches import FetchSettings
+from stripe_crm_pipelines.billing_import.paging import PAGE_SIZE
+from stripe_crm_pipelines.billing_import.rate_limit import TokenBucket
+from stripe_crm_pipelines.billing_import.windows import WindowedWalk
+
+SNAPSHOT = 1_767_225_600
+"""``created[lte]`` of every walk (2026-01-01 UTC); the customers are created in the five years
+before it."""
+SPREAD_SECONDS = 5 * 365 * 86_400
+
+
+@dataclass
+class WalkFigures:
+    seconds: float
+    requests: int
+    partial_pages: int
+    empty_pages: int
+    windows: int
+
+
+class _Answer:
+    def __init__(self, body: str) -> None:
+        self.body = body
+
+
+class ListingClient:
+    """Answers ``raw_request("get", "/v1/customers", ...)`` as Stripe would, from memory."""
+
+    def __init__(self, created: list[int], latency: float, bucket: TokenBucket) -> None:
+        self._created = created  # newest first, distinct
+        self._negated = [-value for value in created]
+        self._ids = [f"cus_{index:07d}" for index in range(len(created))]
+        self._position = {customer_id: index for index, customer_id in enumerate(self._ids)}
+        self._latency = latency
+        self._bucket = bucket
+        self._lock = threading.Lock()
+        self.sizes: list[int] = []
+        self.windows: set[tuple[Any, Any]] = set()
+
+    def raw_request(self, method: str, path: str, **params: Any) -> _Answer:
+        self._bucket.acquire()
+        time.sleep(self._latency)
+        created = params.get("created", {})
+        lte, gte = created.get("lte"), created.get("gte")
+        start = 0 if lte is None else bisect.bisect_left(self._negated, -lte)
+        after = params.get("starting_after")
+        if after is not None:
+            start = max(start, self._position[after] + 1)
+        limit = int(params.get("limit", PAGE_SIZE))
+        end = start
+        while end < len(self._created) and end - start <= limit:
+            if gte is not None and self._created[end] < gte:
+                break
+            end += 1
+        data = [
+            {"id": self._ids[index], "created": self._created[index]}
+            for index in range(start, min(end, start + limit))
+        ]
+        with self._lock:
+            self.sizes.append(len(data))
+            if after is None:
+                self.windows.add((gte, lte))
+        return _Answer(json.dumps({"data": data, "has_more": end - start > limit}))
+
+
+def walk(customers: int, seed: int, args: argparse.Namespace, *, sequential: bool) -> WalkFigures:
+    rng = random.Random(seed)
+    created = sorted(rng.sample(range(SNAPSHOT - SPREAD_SECONDS, SNAPSHOT), customers))[::-1]
+    client = ListingClient(created, args.latency_ms / 1000, TokenBucket(args.rate_limit))
+    settings = FetchSettings(
+        concurrency=1 if sequential else FetchSettings.concurrency,
+        requests_per_second=args.rate_limit,
+    )
+    listed: list[str] = []
+    started = time.monotonic()
+    with WindowedWalk(client, created_lte=SNAPSHOT, settings=settings) as windowed:  # type: ignore[arg-type]
+        for page in windowed.pages():
+            listed.extend(customer["id"] for customer in page.customers)
+    seconds = time.monotonic() - started
+    if len(listed) != customers or len(set(listed)) != customers:
+        sys.exit(f"walk {seed}: listed {len(listed)} ({len(set(listed))} distinct) of {customers}")
+    return WalkFigures(
+        seconds,
+        len(client.sizes),
+        sum(1 for size in client.sizes if 0 < size < PAGE_SIZE),
+        sum(1 for size in client.sizes if size == 0),
+        len(client.windows),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--customers", type=int, default=10_000, help="customers (10,000)")
+    parser.add_argument("--walks", type=int, default=10, help="walks, each its own seed (10)")
+    parser.add_argument("--latency-ms", type=float, default=200.0, help="page latency (200)")
+    parser.add_argument("--rate-limit", type=float, default=25.0, help="requests/s (25)")
+    args = parser.parse_args()
+    pages = math.ceil(args.customers / PAGE_SIZE)
+    bound = pages / args.rate_limit
+    print(
+        f"Walk schedule: {args.customers:,} customers ({pages} full pages), "
+        f"{args.latency_ms:g} ms pages, {args.rate_limit:g} requests/s; bound {bound:.2f} s"
+    )
+    print(
+        f"{'walk':>4} {'seconds':>8} {'x bound':>8} {'requests':>9} {'partial':>8} "
+        f"{'empty':>6} {'windows':>8}"
+    )
+    runs = []
+    for seed in range(args.walks):
+        figures = walk(args.customers, seed, args, sequential=False)
+        runs.append(figures)
+        print(
+            f"{seed:>4} {figures.seconds:>8.2f} {figures.seconds / bound:>7.2f}x "
+            f"{figures.requests:>9} {figures.partial_pages:>8} {figures.empty_pages:>6} "
+            f"{figures.windows:>8}"
+        )
+    mean = statistics.mean(run.seconds for run in runs)
+    requests = statistics.mean(run.requests for run in runs)
+    sequential = walk(args.customers, 0, args, sequential=True)
+    print(
+        f"sequential walk (baseline, walk 0's customers): {sequential.seconds:.2f} s, "
+        f"{sequential.requests} requests"
+    )
+    print(
+        f"summary: walk of {args.customers:,} customers {mean:.2f} s on average "
+        f"({min(r.seconds for r in runs):.2f} to {max(r.seconds for r in runs):.2f}), "
+        f"{mean / bound:.2f}x the rate-limit bound, {requests:.1f} requests for {pages} pages; "
+        f"{sequential.seconds / mean:.1f}x faster than the sequential walk"
+    )
+
+
+if __name__ == "__main__":
+    main()
