@@ -140,8 +140,9 @@ def customer_batches(
 def _group(
     ahead: _LookAhead, settings: FetchSettings, max_customers: int | None
 ) -> Iterator[CustomerBatch]:
-    """The pages as batches: one a page until the walk fans out, then ``batch_size``
-    customers, or ``early_batch_size`` when the next page is not there yet."""
+    """The pages as batches: one a page until the walk fans out (a first page that the fan-out
+    follows waits for it and joins the first batch after), then ``batch_size`` customers, or
+    ``early_batch_size`` when the next page is not there yet."""
     remaining = max_customers
     number, customers, pages = 1, [], 0
     try:
