@@ -52,6 +52,12 @@ WRITE_METHODS = frozenset(
 T = TypeVar("T")
 
 
+LOCK_POLL_SECONDS = 0.005
+"""How often a write waiting for the store's lock tries it again. filelock's default, 50 ms,
+let an import writing batch after batch keep its own heartbeat thread out long enough that a
+cancel request went unnoticed until the import was done."""
+
+
 class WriteLock:
     """The call policy of the embedded store: every write holds its inter-process lock."""
 
@@ -62,7 +68,7 @@ class WriteLock:
         return method in WRITE_METHODS
 
     def run(self, operation: str, function: Callable[[], T]) -> T:
-        with self._lock:
+        with self._lock.acquire(poll_interval=LOCK_POLL_SECONDS):
             return function()
 
 
