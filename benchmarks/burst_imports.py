@@ -31,7 +31,9 @@ else); then the target and a one-line summary.
 
 ``--baseline`` first runs a ``--baseline-requests`` burst of the same sizes on a fresh stack
 started with ``STRIPE_CRM_IMPORT_BATCH_MAX=0`` (one run per request), to compare the cost per
-import in one sitting. The main burst's stack gets the environment as it is.
+import in one sitting. The main burst's stack gets the environment as it is; both get
+``STRIPE_CRM_IMPORT_SENSOR_INTERVAL_SECONDS`` from it (unset: 30 s, the sensor's wait that the
+figure includes at its longest), and the first line of each burst names these settings.
 
 Exit status: 0 when every request completed with its result and every account's contacts are
 right (the 60 s target met or not), 1 otherwise (a failed request, the ``--timeout``, a wrong
@@ -71,6 +73,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 SEED = 20_260_301
 TARGET_SECONDS = 60.0
 BATCH_MAX_VARIABLE = "STRIPE_CRM_IMPORT_BATCH_MAX"
+SENSOR_INTERVAL_VARIABLE = "STRIPE_CRM_IMPORT_SENSOR_INTERVAL_SECONDS"
 LOCATION = "stripe_crm_pipelines"
 SENSOR = "billing_import_sensor"
 FINISHED = ("completed", "failed", "cancelled")
@@ -703,8 +706,11 @@ def summary(args: argparse.Namespace, result: BurstResult) -> str:
 
 
 def batching_of(env: dict[str, str]) -> str:
+    """The stack's batching and sensor interval, as its environment sets them."""
     value = env.get(BATCH_MAX_VARIABLE)
-    return f"{BATCH_MAX_VARIABLE}={value}" if value is not None else "default"
+    batching = f"{BATCH_MAX_VARIABLE}={value}" if value is not None else "default"
+    interval = (env.get(SENSOR_INTERVAL_VARIABLE) or "").strip() or "30"
+    return f"{batching}; sensor every {interval} s"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -751,7 +757,12 @@ def main(argv: list[str] | None = None) -> int:
             print("starting the baseline stack ...", file=sys.stderr)
             with running_stack(root / "baseline", env) as stack:
                 results["baseline"] = run_burst(stack, counts, args.timeout)
-            print("\n".join(describe("baseline", results["baseline"], batching_of(env))) + "\n")
+            print(
+                "\n".join(
+                    describe("baseline", results["baseline"], batching_of({**os.environ, **env}))
+                )
+                + "\n"
+            )
         counts = customer_counts(args.requests, args.max_customers)
         print("starting the stack ...", file=sys.stderr)
         with running_stack(root / "burst", {}, keep=args.keep) as stack:

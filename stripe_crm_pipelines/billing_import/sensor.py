@@ -1,9 +1,11 @@
 """``billing_import_sensor``: one ``billing_contact_import`` run per pending import request.
 
-Every 30 seconds the sensor reads the pending billing requests, newest first (as the seed did),
-and asks for one run per request. The run key is ``<import id>:<attempts>``: while a request
-waits for its run it is asked for again with the same key, which Dagster drops, and a request
-put back to pending after a failed attempt gets a new key because its claim counted the attempt.
+Every 30 seconds (``STRIPE_CRM_IMPORT_SENSOR_INTERVAL_SECONDS`` where the definitions load, see
+:func:`import_sensor_interval_seconds`) the sensor reads the pending billing requests, newest
+first (as the seed did), and asks for one run per request. The run key is
+``<import id>:<attempts>``: while a request waits for its run it is asked for again with the same
+key, which Dagster drops, and a request put back to pending after a failed attempt gets a new key
+because its claim counted the attempt.
 
 A request still claimed by a run that can no longer finish it (the run failed, was terminated,
 is missing from the instance, or has sent no heartbeat for five minutes because its process died)
@@ -21,6 +23,7 @@ MongoDB until the run's ``sync_customers`` op reads it.
 """
 
 import hashlib
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -56,6 +59,30 @@ from stripe_crm_pipelines.resources.stripe import redact_api_keys
 from stripe_crm_pipelines.stripe_keys import connected_accounts_of
 
 RUN_END_SENSOR_INTERVAL_SECONDS = 10
+SENSOR_INTERVAL_VARIABLE = "STRIPE_CRM_IMPORT_SENSOR_INTERVAL_SECONDS"
+DEFAULT_SENSOR_INTERVAL_SECONDS = 30
+
+
+def import_sensor_interval_seconds(environ: Mapping[str, str] = os.environ) -> int:
+    """Seconds between two ticks of ``billing_import_sensor``: :data:`SENSOR_INTERVAL_VARIABLE`
+    when set (a whole number, at least 1), else 30. A shorter interval picks requests up sooner
+    and has the daemon read the queue more often. Read once, when the definitions load; a bad
+    value stops them loading with an error that names the variable."""
+    value = (environ.get(SENSOR_INTERVAL_VARIABLE) or "").strip()
+    if not value:
+        return DEFAULT_SENSOR_INTERVAL_SECONDS
+    try:
+        seconds = int(value)
+    except ValueError:
+        seconds = 0
+    if seconds < 1:
+        raise ValueError(
+            f"{SENSOR_INTERVAL_VARIABLE} must be a whole number of seconds, at least 1; "
+            f"got {value!r}"
+        )
+    return seconds
+
+
 REQUEST_FIELDS = {
     "_id": 1,
     "account_id": 1,
@@ -263,7 +290,7 @@ def plan_batches(
 
 @sensor(
     jobs=[billing_contact_import, billing_import_batch],
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=import_sensor_interval_seconds(),
     default_status=DefaultSensorStatus.RUNNING,
     description="Launches the pending billing-contacts requests, newest first: a burst of "
     "requests of small accounts together in billing_import_batch runs (each request still "

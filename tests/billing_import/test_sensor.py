@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -16,7 +19,11 @@ from dagster import (
 from stripe_crm_pipelines import store
 from stripe_crm_pipelines.billing_import import tags
 from stripe_crm_pipelines.billing_import.job import billing_contact_import
-from stripe_crm_pipelines.billing_import.sensor import billing_import_sensor
+from stripe_crm_pipelines.billing_import.sensor import (
+    SENSOR_INTERVAL_VARIABLE,
+    billing_import_sensor,
+    import_sensor_interval_seconds,
+)
 from stripe_crm_pipelines.definitions import defs
 from stripe_crm_pipelines.resources import MongoResource
 from stripe_crm_pipelines.resources.import_batching import ImportBatchingResource
@@ -190,6 +197,34 @@ def test_definitions_hold_the_jobs_and_a_running_sensor():
     }
     assert sensor.minimum_interval_seconds == 30
     assert sensor.default_status == DefaultSensorStatus.RUNNING
+
+
+@pytest.mark.parametrize(("value", "seconds"), [(None, 30), ("", 30), ("5", 5), (" 120 ", 120)])
+def test_the_sensor_interval_is_30_s_unless_its_variable_says(value, seconds):
+    environ = {} if value is None else {SENSOR_INTERVAL_VARIABLE: value}
+    assert import_sensor_interval_seconds(environ) == seconds
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "1.5", "soon"])
+def test_a_bad_sensor_interval_is_refused_naming_the_variable(value):
+    with pytest.raises(ValueError, match=rf"{SENSOR_INTERVAL_VARIABLE} .*got '{value}'"):
+        import_sensor_interval_seconds({SENSOR_INTERVAL_VARIABLE: value})
+
+
+def test_the_definitions_give_the_sensor_the_interval_of_the_variable():
+    code = (
+        "from stripe_crm_pipelines.definitions import defs; "
+        "print(defs.resolve_sensor_def('billing_import_sensor').minimum_interval_seconds)"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, SENSOR_INTERVAL_VARIABLE: "7"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.stdout.strip() == "7"
 
 
 @pytest.mark.parametrize(
