@@ -2,8 +2,10 @@
 
 ``dev_stack`` (session-scoped) starts ``python -m stripe_crm_pipelines.dev`` on free ports with
 its own DAGSTER_HOME and embedded store, waits for the UI, and stops the launcher (and checks that
-nothing it started is left running) at the end of the session. Tests that use it must leave the
-demo data as they found it apart from their own accounts and requests.
+nothing it started is left running) at the end of the session. Its import sensor ticks every
+:data:`SENSOR_INTERVAL_SECONDS` (``STRIPE_CRM_IMPORT_SENSOR_INTERVAL_SECONDS``) rather than 30 s,
+so that the tests wait for the daemon's loop rather than the production interval. Tests that
+use it must leave the demo data as they found it apart from their own accounts and requests.
 """
 
 from __future__ import annotations
@@ -23,9 +25,12 @@ import pytest
 import requests
 
 from stripe_crm_pipelines import store
+from stripe_crm_pipelines.billing_import.sensor import SENSOR_INTERVAL_VARIABLE
 
 PROJECT = Path(__file__).resolve().parents[1]
 UI_DEADLINE_SECONDS = 120
+SENSOR_INTERVAL_SECONDS = 5
+"""The stack's import sensor interval; the daemon evaluates sensors at most every 5 s anyway."""
 ACTIVE_RUN_STATUSES = frozenset({"QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING"})
 
 RUNS_QUERY = """
@@ -98,6 +103,7 @@ def dev_stack(tmp_path_factory) -> Iterator[DevStack]:
     store_dir = root / "store"
     env = {key: value for key, value in os.environ.items() if key != "MONGODB_URI"}
     env["PYTHONUNBUFFERED"] = "1"
+    env[SENSOR_INTERVAL_VARIABLE] = str(SENSOR_INTERVAL_SECONDS)
     log_path = root / "dev.log"
     log = log_path.open("w")
     options = {

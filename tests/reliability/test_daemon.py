@@ -70,6 +70,12 @@ def closed(db, import_ids) -> bool:
     ) == len(import_ids)
 
 
+def checkpointed(db, import_id: ObjectId) -> bool:
+    """Whether the import has checkpointed a batch with more to list."""
+    checkpoint = (db[store.QUEUES].find_one({"_id": import_id}) or {}).get("checkpoint") or {}
+    return checkpoint.get("cursor") is not None
+
+
 @pytest.mark.timeout(DEADLINE_SECONDS + 60)
 def test_requests_over_several_accounts_run_once_each_one_account_at_a_time(dev_stack):
     db = dev_stack.db
@@ -122,10 +128,12 @@ def test_a_run_terminated_from_the_ui_records_its_import_cancelled(dev_stack):
     import_id = add_request(db, account_id)
     sandbox.configure(endpoint_latency_ms={"GET /v1/customers": 1500})
     try:
+        # Wait for a counted batch: a batch's contacts can be seen before its bulk write returns
+        # and the batch is counted, and a terminate landing then cancels with nothing counted.
         dev_stack.wait(
-            lambda: db[store.CONTACTS].count_documents({"parent_account": account_id}) > 0,
+            lambda: checkpointed(db, import_id),
             240,
-            "the import to write its first contacts",
+            "the import to checkpoint its first batch",
         )
         [run] = import_runs(dev_stack, {str(import_id)})
         answer = graphql(dev_stack, TERMINATE, runId=run["runId"])["terminateRun"]
