@@ -23,6 +23,12 @@ VOLATILE_CONTACT_FIELDS = frozenset(
 """Fields that differ between two equally correct imports (ids, times, the requesting user)."""
 
 
+def checkpointed(db, import_id: ObjectId) -> bool:
+    """Whether the import has checkpointed a batch (counted, with more to list)."""
+    checkpoint = (db[store.QUEUES].find_one({"_id": import_id}) or {}).get("checkpoint") or {}
+    return checkpoint.get("cursor") is not None
+
+
 def contact_snapshot(db, account_id: ObjectId) -> dict[str, dict[str, Any]]:
     """The account's contacts by Stripe customer id, without :data:`VOLATILE_CONTACT_FIELDS`;
     fails on two contacts of one customer."""

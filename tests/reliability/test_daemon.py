@@ -16,7 +16,7 @@ from stripe_crm_pipelines import store
 from stripe_crm_pipelines.billing_import import tags
 from stripe_crm_pipelines.sandbox import SandboxControl
 from tests.conftest import add_account, add_request, import_result
-from tests.reliability import assert_counts_add_up
+from tests.reliability import assert_counts_add_up, checkpointed
 
 pytestmark = pytest.mark.slow
 
@@ -68,12 +68,6 @@ def closed(db, import_ids) -> bool:
     return db[store.QUEUES].count_documents(
         {"_id": {"$in": list(import_ids)}, "status": {"$ne": "pending"}}
     ) == len(import_ids)
-
-
-def checkpointed(db, import_id: ObjectId) -> bool:
-    """Whether the import has checkpointed a batch with more to list."""
-    checkpoint = (db[store.QUEUES].find_one({"_id": import_id}) or {}).get("checkpoint") or {}
-    return checkpoint.get("cursor") is not None
 
 
 @pytest.mark.timeout(DEADLINE_SECONDS + 60)

@@ -36,6 +36,7 @@ from tests.conftest import (
 from tests.reliability import (
     assert_counts_add_up,
     assert_no_duplicate_contacts,
+    checkpointed,
     contact_snapshot,
     evaluate_sensor,
 )
@@ -117,11 +118,12 @@ def test_a_run_killed_mid_import_is_resumed_and_ends_as_an_uninterrupted_one(
     process = launch(first, home=home, store_uri=store_uri, sandbox_url=stripe_sandbox.url, log=log)
     contacts = db[store.CONTACTS]
 
-    def checkpointed() -> bool:
-        request = db[store.QUEUES].find_one({"_id": import_id}) or {}
-        return (request.get("checkpoint") or {}).get("cursor") is not None
-
-    wait_for(checkpointed, timeout=90, what="a checkpointed batch", process=process)
+    wait_for(
+        lambda: checkpointed(db, import_id),
+        timeout=90,
+        what="a checkpointed batch",
+        process=process,
+    )
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     stripe_sandbox.state.configure(endpoint_latency_ms={})
