@@ -508,6 +508,11 @@ class _BatchWriter:
         """Whether the last batch written left nothing to list (or reached the limit)."""
 
     def __enter__(self) -> _BatchWriter:
+        if self._executor is not None:
+            # Start the thread before the first write: an interrupt (a terminated run) landing
+            # while the first write started its thread would leave that write out of the wait
+            # on leaving, its batch written but not counted.
+            self._executor.submit(lambda: None).result()
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:

@@ -4,13 +4,15 @@ sandbox over HTTP with the real SDK."""
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
 
 from stripe_crm_pipelines import store
-from stripe_crm_pipelines.billing_import import importer, queue
+from stripe_crm_pipelines.billing_import import importer, queue, upsert
 from stripe_crm_pipelines.billing_import.batches import FetchSettings
 from stripe_crm_pipelines.billing_import.importer import (
     ClaimedImport,
@@ -249,3 +251,49 @@ def test_on_the_embedded_store_an_import_writes_on_the_callers_connection(
     assert db[store.CONTACTS].count_documents({}) == outcome.records_added
     assert request_of(db, import_id)["checkpoint"]["cursor"] is None
     assert opened == []
+
+
+def test_a_run_terminated_during_a_write_on_mongodb_counts_the_batch(
+    db, sandbox, claimed_import, monkeypatch
+):
+    """On MongoDB batches are written on a thread of their own, which the terminate (SIGINT to
+    the run's process) does not interrupt: the import waits for the write and counts it, even
+    when the terminate lands as the first write starts."""
+    interrupted = threading.Event()
+    written = []
+
+    def on_interrupt(signum, frame):
+        if not interrupted.is_set():  # the first of the signals below is the terminate
+            interrupted.set()
+            raise KeyboardInterrupt
+
+    def terminated_while_writing(*args, **kwargs):
+        if not written:
+            # A signal that lands just before the op's thread blocks is only handled once that
+            # thread wakes: send it again until it is handled.
+            for _ in range(100):
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+                if interrupted.wait(0.05):
+                    break
+            assert interrupted.is_set(), "the op's thread never took the interrupt"
+        written.append(upsert.execute_plan(*args, **kwargs))
+        return written[-1]
+
+    monkeypatch.setattr(importer, "execute_plan", terminated_while_writing)
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_import(
+                db,
+                claimed_import,
+                stripe_clients(sandbox),
+                settings=SEQUENTIAL,
+                termination_requested=lambda: True,
+            )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+    request = request_of(db, claimed_import.request.id)
+    assert request["error"] == "Run terminated; import cancelled after 1 page(s), 100 customers"
+    result = import_result(db, claimed_import.request.id)
+    assert result["records_added"] == written[0].added == db[store.CONTACTS].count_documents({})
