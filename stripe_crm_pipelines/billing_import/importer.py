@@ -15,7 +15,9 @@ How an import ends, whoever runs it (a Dagster op, a test, a script):
   transient and the caller may try again (``transient`` true, the request left claimed with its
   checkpoint);
 * :class:`ImportCancelled`: the CRM set the request to ``cancelled``, or the run was terminated;
-  the request is closed ``cancelled`` with the counts so far;
+  the request is closed ``cancelled`` with the counts so far (a run terminated in the middle
+  of a bulk write on the embedded store says so: that batch is not counted, and some of its
+  contacts may have been written);
 * :class:`~stripe_crm_pipelines.billing_import.queue.ClaimLost`: another run holds the request
   now; nothing is written.
 
@@ -230,6 +232,7 @@ def run_import(
         _fail(db, claim, outcome, str(error), log)
 
     stats = RequestStats()
+    writing = _Writing()
     settings = settings or FetchSettings()
     limiter = bucket_for_key(credentials.secret_key, settings.requests_per_second)
     client = stripe_client(
@@ -256,6 +259,7 @@ def run_import(
                 watch,
                 replace(settings, requests_per_second=limiter.rate),
                 log,
+                writing,
                 hand_off_after,
             )
     except ClaimLost:
@@ -280,6 +284,12 @@ def run_import(
         if termination_requested():
             outcome.record_requests(stats)
             message = f"Run terminated; import cancelled after {_progress(outcome)}"
+            if writing.customers:
+                message += (
+                    f", while the next {writing.customers} customers were being written: some of "
+                    "their contacts may have been written, each logged in "
+                    f"{store.IMPORT_CHANGES}"
+                )
             _close(db, claim, outcome, queue.CANCELLED, message)
             log.warning(f"Import {claim.request.id} cancelled: {message}")
         raise
@@ -404,6 +414,7 @@ def _sync_batches(
     watch: ClaimWatch,
     settings: FetchSettings,
     log: logging.Logger,
+    writing: _Writing,
     hand_off_after: int | None = None,
 ) -> None:
     """Fetch → map → match → bulk write → checkpoint, one batch at a time (a page, or
@@ -438,7 +449,7 @@ def _sync_batches(
             max_customers=limit - outcome.customers_fetched,
             settings=settings,
         ) as listing,
-        _BatchWriter(db, connect, claim, outcome, created_lte, limit, log) as writer,
+        _BatchWriter(db, connect, claim, outcome, created_lte, limit, writing, log) as writer,
     ):
         if checkpoint is None:
             outcome.add_backfill(backfill_email_keys(contacts, target, seen))
@@ -467,6 +478,16 @@ def _sync_batches(
         )
 
 
+@dataclass
+class _Writing:
+    """The batch a :class:`_BatchWriter` is writing. A run terminated in the middle of a bulk
+    write (on the embedded store the write is in the interrupted thread) may have written some of
+    its contacts, which the import's counts do not include; its message says so."""
+
+    customers: int = 0
+    """Customers of the batch being written; 0 between writes and in a dry run."""
+
+
 class _BatchWriter:
     """Writes planned batches and checkpoints them, in order, on a thread of its own (with its
     own connection from ``connect``), one batch at a time: :meth:`write` waits for the batch
@@ -488,9 +509,11 @@ class _BatchWriter:
         outcome: ImportOutcome,
         created_lte: int | None,
         limit: int,
+        writing: _Writing,
         log: logging.Logger,
     ) -> None:
         self._connect = connect
+        self._writing = writing
         self._claim = claim
         self._outcome = outcome
         self._created_lte = created_lte
@@ -546,10 +569,12 @@ class _BatchWriter:
             result = planned_result(plan)
         else:
             contacts, change_log = db[store.CONTACTS], db[store.IMPORT_CHANGES]
+            self._writing.customers = len(batch.customers)
             result = execute_plan(contacts, plan, change_log, target.import_id)
         outcome.created_filter_refused |= not snapshot
         pages_before = outcome.pages_fetched
         outcome.add_batch(batch.pages, len(batch.customers), result)
+        self._writing.customers = 0
         finished = not batch.has_more or outcome.customers_fetched >= self._limit
         self.finished = finished
         outcome.limit_reached = batch.has_more and finished

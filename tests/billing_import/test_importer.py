@@ -218,14 +218,10 @@ def test_concurrent_imports_restore_the_collector_once_the_last_one_ends():
     assert gc.get_threshold() == before
 
 
-def test_on_the_embedded_store_an_import_writes_on_the_callers_connection(
-    tmp_path, sandbox, monkeypatch
-):
-    """A litemongo connection re-reads a whole collection after another connection wrote to it:
-    batches written from a thread of their own would have every batch (and every import of a
-    batch run) read all contacts again. The database is opened as the resource opens it."""
-    import litemongo
-
+@pytest.fixture
+def embedded(tmp_path, sandbox) -> tuple[Callable[[], object], object, ClaimedImport]:
+    """A claimed import of 250 customers on the embedded store, opened as the resource opens it:
+    ``(connect, db, claimed)``."""
     from stripe_crm_pipelines.resources import MongoResource
 
     mongo = MongoResource(uri=(tmp_path / "store").as_uri())
@@ -233,7 +229,19 @@ def test_on_the_embedded_store_an_import_writes_on_the_callers_connection(
     store.ensure_indexes(db)
     sandbox.state.seed_customers(250, seed=43, account=CONNECTED_ACCOUNT)
     import_id = add_request(db, add_account(db), mappings={"name": "name"})
-    claimed = claim_import(db, import_id, "run-1")
+    return mongo.database, db, claim_import(db, import_id, "run-1")
+
+
+def test_on_the_embedded_store_an_import_writes_on_the_callers_connection(
+    embedded, sandbox, monkeypatch
+):
+    """A litemongo connection re-reads a whole collection after another connection wrote to it:
+    batches written from a thread of their own would have every batch (and every import of a
+    batch run) read all contacts again."""
+    import litemongo
+
+    connect, db, claimed = embedded
+    import_id = claimed.request.id
     opened = []
     original = litemongo.connect
     monkeypatch.setattr(litemongo, "connect", lambda *a, **k: opened.append(a) or original(*a, **k))
@@ -243,7 +251,7 @@ def test_on_the_embedded_store_an_import_writes_on_the_callers_connection(
         claimed,
         stripe_clients(sandbox),
         settings=FetchSettings(fan_out_after_seconds=0, batch_size=100, min_batch_size=100),
-        connect=mongo.database,
+        connect=connect,
     )
 
     assert outcome.customers_fetched == 250
@@ -251,6 +259,46 @@ def test_on_the_embedded_store_an_import_writes_on_the_callers_connection(
     assert db[store.CONTACTS].count_documents({}) == outcome.records_added
     assert request_of(db, import_id)["checkpoint"]["cursor"] is None
     assert opened == []
+
+
+def test_a_run_terminated_during_a_write_on_the_embedded_store_says_so(
+    embedded, sandbox, monkeypatch
+):
+    """There a batch is written in the thread the terminate interrupts: the batch is not
+    counted, though some of its contacts may be written, and the message says so."""
+    connect, db, claimed = embedded
+    written = []
+
+    def write_then_terminated(*args, **kwargs):
+        written.append(upsert.execute_plan(*args, **kwargs))
+        if len(written) == 2:
+            raise KeyboardInterrupt  # the terminate lands just after the bulk write
+        return written[-1]
+
+    monkeypatch.setattr(importer, "execute_plan", write_then_terminated)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_import(
+            db,
+            claimed,
+            stripe_clients(sandbox),
+            settings=SEQUENTIAL,
+            connect=connect,
+            termination_requested=lambda: True,
+        )
+
+    request = request_of(db, claimed.request.id)
+    assert request["status"] == "cancelled"
+    assert request["error"] == (
+        "Run terminated; import cancelled after 1 page(s), 100 customers, while the next 100 "
+        "customers were being written: some of their contacts may have been written, each "
+        "logged in contact_import_changes"
+    )
+    result = import_result(db, claimed.request.id)
+    assert (result["status"], result["customers_fetched"]) == ("cancelled", 100)
+    contacts = db[store.CONTACTS].count_documents({})
+    assert contacts == result["records_added"] + written[1].added > result["records_added"]
+    assert db[store.IMPORT_CHANGES].count_documents({"import_id": claimed.request.id}) == contacts
 
 
 def test_a_run_terminated_during_a_write_on_mongodb_counts_the_batch(
