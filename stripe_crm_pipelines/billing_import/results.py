@@ -73,10 +73,10 @@ class ImportOutcome:
     skip_reasons: dict[str, int] = field(default_factory=dict)
     skipped_customers: list[dict[str, Any]] = field(default_factory=list)
     preview: list[dict[str, Any]] = field(default_factory=list)
+    """Dry runs: the first planned changes (see ``upsert.PlannedChange.preview``)."""
     events_cursor: dict[str, Any] | None = None
     """Of a ``keep_in_sync`` import: where Stripe's event log stood when the import began, so the
     first sync applies every change made while it ran (kept across resumes)."""
-    """Dry runs: the first planned changes (see ``upsert.PlannedChange.preview``)."""
 
     def add_backfill(self, backfill: BackfillResult) -> None:
         self.email_keys_backfilled += backfill.updated
