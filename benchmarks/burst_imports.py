@@ -66,14 +66,14 @@ from bson import ObjectId
 
 from stripe_crm_pipelines import store
 from stripe_crm_pipelines.billing_import.requests import IMPORT_SOURCE, parse_import_request
+from stripe_crm_pipelines.billing_import.sensor import import_sensor_interval_seconds
+from stripe_crm_pipelines.definitions import BATCH_MAX_VARIABLE
 from stripe_crm_pipelines.sandbox import SandboxControl
 from stripe_crm_pipelines.stripe_keys import BILLING_APP
 
 PROJECT = Path(__file__).resolve().parents[1]
 SEED = 20_260_301
 TARGET_SECONDS = 60.0
-BATCH_MAX_VARIABLE = "STRIPE_CRM_IMPORT_BATCH_MAX"
-SENSOR_INTERVAL_VARIABLE = "STRIPE_CRM_IMPORT_SENSOR_INTERVAL_SECONDS"
 LOCATION = "stripe_crm_pipelines"
 SENSOR = "billing_import_sensor"
 FINISHED = ("completed", "failed", "cancelled")
@@ -709,8 +709,7 @@ def batching_of(env: dict[str, str]) -> str:
     """The stack's batching and sensor interval, as its environment sets them."""
     value = env.get(BATCH_MAX_VARIABLE)
     batching = f"{BATCH_MAX_VARIABLE}={value}" if value is not None else "default"
-    interval = (env.get(SENSOR_INTERVAL_VARIABLE) or "").strip() or "30"
-    return f"{batching}; sensor every {interval} s"
+    return f"{batching}; sensor every {import_sensor_interval_seconds(env)} s"
 
 
 def main(argv: list[str] | None = None) -> int:
