@@ -268,3 +268,35 @@ def test_the_benchmark_store_writes_and_answers_as_mongomock_does(monkeypatch):
     plain = run(mongomock.Collection)
 
     assert fast == plain
+
+
+def test_the_benchmark_store_server_has_no_collector_pauses_and_keeps_each_threads_connection(
+    monkeypatch,
+):
+    import multiprocessing
+    import threading
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from memory_store import RemoteDatabase, serve
+
+    context = multiprocessing.get_context("spawn")
+    ready, child = context.Pipe()
+    server = context.Process(target=serve, args=(child, b"benchmark-test"), daemon=True)
+    server.start()
+    try:
+        assert ready.poll(60), "the store server did not start"
+        db = RemoteDatabase(ready.recv(), b"benchmark-test")
+        db["contacts"].insert_one({"email": "a@x.com"})
+        writer = threading.Thread(target=lambda: db["contacts"].insert_one({"email": "b@x.com"}))
+        writer.start()
+        writer.join()
+
+        # Collections over the stored documents would pause whichever call is in progress.
+        assert db.connections[0].collector_enabled() is False
+        # The writer thread's connection outlives the thread, as a MongoClient's pool does:
+        # it still answers, and nothing was torn down when the thread ended.
+        assert len(db.connections) == 2
+        assert db.connections[1].call("contacts", "count_documents", ({},), {}) == 2
+    finally:
+        server.kill()
+        server.join(10)
