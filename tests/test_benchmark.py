@@ -49,8 +49,36 @@ def test_the_walk_schedule_benchmark_lists_every_customer_once_and_compares_with
     # The baseline walks one page after another: a request per full page and the last one.
     assert lines[4].startswith("sequential walk (baseline, walk 0's customers): ")
     assert lines[4].endswith(", 12 requests")
+    # 5 sequential pages of 40 ms (0.2 s), then the other 7 pages at once: 20 tokens are saved up
+    # at 100/s, so 0.24 s and a request per page.
+    assert lines[5] == (
+        "a walk that knew the listing (computed: 5 sequential pages, then 7 windows of whole "
+        "pages): 0.24 s, 2.00x the bound, 12 requests"
+    )
     assert lines[-1].startswith("summary: walk of 1,200 customers ")
     assert "x the rate-limit bound" in lines[-1]
+    assert lines[-1].endswith(" s over a walk that knew the listing (0.24 s)")
+
+
+def test_a_walk_that_knew_the_listing_waits_only_for_tokens_after_its_sequential_start(
+    monkeypatch,
+):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from walk_schedule import known_listing_schedule
+
+    # 200 ms pages at 25/s: two sequential pages (0.4 s), then the other 98 wait only for the
+    # bucket, which holds 5 tokens then: the last goes (98 - 5) / 25 s later and takes 0.2 s.
+    schedule = known_listing_schedule(10_000, 0.2, 25)
+    assert schedule.sequential_pages == 2
+    assert schedule.requests == 100
+    assert abs(schedule.seconds - (0.4 + (98 - 5) / 25 + 0.2)) < 1e-6
+    # Too few windows leave tokens unused: one window is a sequential walk.
+    assert schedule.windows >= 5
+    # An account the sequential start lists alone, and one that needs a window more.
+    assert known_listing_schedule(150, 0.2, 25).requests == 2
+    assert abs(known_listing_schedule(150, 0.2, 25).seconds - 0.4) < 1e-6
+    assert known_listing_schedule(250, 0.2, 25).requests == 3
+    assert abs(known_listing_schedule(250, 0.2, 25).seconds - 0.6) < 1e-6
 
 
 def test_the_benchmark_runs_the_import_and_the_seed_algorithm_on_the_same_data():
