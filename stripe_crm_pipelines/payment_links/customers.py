@@ -96,7 +96,9 @@ def find_customer(
     """``(customer_id, found_by)`` of the contact's Stripe customer, or ``None``.
 
     Tries the contact's ``stripe_customer_id`` (if the customer still exists), then a search by
-    email or phone, then a list by email, which sees customers search has not indexed yet.
+    email or phone, then a list by email, which sees customers search has not indexed yet. A
+    customer found by the phone alone is taken only if it has no email, or the contact has none:
+    one with another email is another person, and billing it would bill them.
     """
     linked_id = _text(contact.get("stripe_customer_id"))
     if linked_id and _customer_exists(client, linked_id):
@@ -105,12 +107,12 @@ def find_customer(
     query = customer_search_query(email, contact_phone(contact))
     if query is not None:
         found = client.v1.customers.search(params={"query": query, "limit": 10}).data
-        if found:
-            return _best_match(found, email).id, "search"
+        if (match := _best_match(found, email)) is not None:
+            return match.id, "search"
     if email:
         listed = client.v1.customers.list(params={"email": email, "limit": 10}).data
-        if listed:
-            return _best_match(listed, email).id, "list"
+        if (match := _best_match(listed, email)) is not None:
+            return match.id, "list"
     return None
 
 
@@ -125,12 +127,15 @@ def _customer_exists(client: stripe.StripeClient, customer_id: str) -> bool:
 
 
 def _best_match(customers: list, email: str | None):
-    """The first customer whose email equals ``email`` (case-insensitively), else the first."""
-    if email:
-        for customer in customers:
-            if (getattr(customer, "email", None) or "").strip().lower() == email.lower():
-                return customer
-    return customers[0]
+    """The first customer whose email equals ``email`` (case-insensitively), else the first
+    without an email; with no ``email``, the first customer. None if no customer fits."""
+    if not email:
+        return customers[0] if customers else None
+    emails = [(getattr(customer, "email", None) or "").strip().lower() for customer in customers]
+    for customer, customer_email in zip(customers, emails, strict=True):
+        if customer_email == email.lower():
+            return customer
+    return next((c for c, e in zip(customers, emails, strict=True) if not e), None)
 
 
 def stripe_customer_creator(client: stripe.StripeClient) -> CustomerCreator:

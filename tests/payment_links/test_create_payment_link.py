@@ -282,6 +282,37 @@ def test_finds_the_customer_by_phone(env):
     assert env.requests(CUSTOMERS_PATH, "POST") == []
 
 
+def test_a_customer_with_the_phone_but_another_email_is_not_billed(env):
+    bob = env.sandbox.state.add_customer(STRIPE_ACCOUNT, email="bob@example.com", phone="+15550100")
+
+    result = run_job(env, job_config(env))
+
+    assert result.success, failure_description(result)
+    # The contact (ada@example.com, +15550100) gets a customer of its own.
+    [created] = env.requests(CUSTOMERS_PATH, "POST")
+    assert created["form"]["email"] == "ada@example.com"
+    invoice_customer = env.invoices()[0]["customer"]
+    assert invoice_customer != bob["id"]
+    assert env.contact()["stripe_customer_id"] == invoice_customer
+    customers = {c["id"]: c for c in env.sandbox.state.customers(STRIPE_ACCOUNT)}
+    assert customers.keys() == {bob["id"], invoice_customer}
+    assert customers[invoice_customer]["email"] == "ada@example.com"
+
+
+def test_a_phone_match_does_not_hide_the_contacts_own_customer_search_has_not_indexed(env):
+    env.sandbox.state.add_customer(STRIPE_ACCOUNT, email="bob@example.com", phone="+15550100")
+    env.sandbox.state.configure(search_index_delay=3600)
+    ada = env.stripe_client().v1.customers.create(params={"email": "ada@example.com"})
+    env.sandbox.state.clear_requests()
+
+    result = run_job(env, job_config(env))
+
+    assert result.success, failure_description(result)
+    assert env.invoices()[0]["customer"] == ada.id
+    assert env.contact()["stripe_customer_id"] == ada.id
+    assert env.requests(CUSTOMERS_PATH, "POST") == []
+
+
 def test_finds_a_customer_search_has_not_indexed_yet_by_listing(env):
     env.sandbox.state.configure(search_index_delay=3600)
     existing = env.stripe_client().v1.customers.create(params={"email": "ada@example.com"})
