@@ -215,10 +215,14 @@ def record_import_result(
     import_id = ObjectId(outcome.import_id)
     result_id, closed = queue.complete(db, import_id, context.run_id, outcome)
     if not closed:
-        context.log.warning(
-            f"Import request {import_id} is no longer claimed by this run; left unchanged"
+        message = (
+            f"Import request {import_id} is no longer claimed by this run; left unchanged, "
+            "and no result recorded (the run that holds it now records its own)"
         )
-    if closed and importer.keep_in_sync(db, outcome) is not None:
+        context.log.warning(message)
+        context.add_output_metadata({"result": MetadataValue.text(message)})
+        return ""
+    if importer.keep_in_sync(db, outcome) is not None:
         context.log.info(f"Account {outcome.account_id} is kept in step from now on")
     if not outcome.dry_run:  # a dry run changed no contact
         ensure_account_partition(context.instance, outcome.account_id)

@@ -246,27 +246,39 @@ def heartbeat(db, import_id: ObjectId, run_id: str) -> ClaimState:
     return ClaimState.HELD
 
 
-def complete(db, import_id: ObjectId, run_id: str, outcome: ImportOutcome) -> tuple[ObjectId, bool]:
+def complete(
+    db, import_id: ObjectId, run_id: str, outcome: ImportOutcome
+) -> tuple[ObjectId | None, bool]:
     """Record a finished import's ``completed`` result and close its request ``completed``.
 
-    Returns the result's id and whether the request was closed (False: the run no longer holds
-    it, and it was left unchanged). Safe to repeat: the result is written once per run.
+    Returns the result's id and whether the request was closed; ``(None, False)`` when the run
+    no longer holds it (recovery queued it again or closed it): the request is left unchanged
+    and no result is written, so the request's own result stays the only one. Safe to repeat:
+    the request this run completed matches again, and the result is written once per run.
     """
     finished_at = outcome.finished_at or datetime.now(UTC)
-    result_id = save_result(db, result_document(outcome, status=COMPLETED, run_id=run_id))
     closed = db[store.QUEUES].update_one(
-        {"_id": import_id, "claimed_by_run": run_id},
+        {
+            "_id": import_id,
+            "claimed_by_run": run_id,
+            "$or": [{"in_progress": True}, {"status": COMPLETED}],
+        },
         {
             "$set": {
                 "status": COMPLETED,
                 "in_progress": False,
                 "finished_at": finished_at,
-                "result_id": result_id,
             },
             "$unset": {"error": "", "resume_from": ""},
         },
     )
-    return result_id, closed.matched_count > 0
+    if closed.matched_count == 0:
+        return None, False
+    result_id = save_result(db, result_document(outcome, status=COMPLETED, run_id=run_id))
+    db[store.QUEUES].update_one(
+        {"_id": import_id, "claimed_by_run": run_id}, {"$set": {"result_id": result_id}}
+    )
+    return result_id, True
 
 
 def close(
@@ -342,9 +354,10 @@ def mark_reverted(db, import_id: ObjectId, at: datetime, result_id: ObjectId) ->
 
 def requeue(db, import_id: ObjectId, run_id: str, cause: str, now: datetime) -> bool:
     """Put a request a dead run held back to pending for another run; its checkpoint becomes
-    ``resume_from``. False (nothing changed) if ``run_id`` no longer holds it."""
+    ``resume_from``. False (nothing changed) if ``run_id`` no longer holds it, or the CRM has
+    set it to ``cancelled`` (see :func:`held_request`)."""
     requeued = db[store.QUEUES].update_one(
-        {**CLAIMED_FILTER, "_id": import_id, "claimed_by_run": run_id},
+        {**CLAIMED_FILTER, "status": PENDING, "_id": import_id, "claimed_by_run": run_id},
         {
             "$set": {
                 "status": PENDING,
@@ -478,6 +491,14 @@ def outcome_so_far(document: Mapping[str, Any]) -> ImportOutcome:
         started_at=datetime.now(UTC),
         dry_run=document.get("dry_run") is True,
     )
+
+
+def held_request(db, import_id: ObjectId, run_id: str) -> HeldRequest | None:
+    """The request as ``run_id`` holds it now, or None if that run no longer holds it."""
+    document = db[store.QUEUES].find_one(
+        {**CLAIMED_FILTER, "_id": import_id, "claimed_by_run": run_id}
+    )
+    return _held(document) if document is not None else None
 
 
 def _held(document: Mapping[str, Any]) -> HeldRequest:

@@ -112,9 +112,13 @@ def recover_request(
         cause=cause,
     )
     if decision.status == queue.PENDING:
-        if not queue.requeue(db, request.import_id, request.run_id, cause, now):
+        if queue.requeue(db, request.import_id, request.run_id, cause, now):
+            return f"Import request {request.import_id} queued again: {decision.reason}"
+        # The CRM may have cancelled it since it was read: then it is closed cancelled.
+        current = queue.held_request(db, request.import_id, request.run_id)
+        if current is None or not current.cancel_requested:
             return None
-        return f"Import request {request.import_id} queued again: {decision.reason}"
+        return recover_request(db, current, cause=cause, run_cancelled=run_cancelled, now=now)
     outcome = request.outcome
     outcome.finish(now)
     result_id = queue.close(

@@ -104,9 +104,13 @@ def revert_import(
     Raises :class:`RevertRefused` (before any write) when the import cannot be reverted.
     """
     request = revertable_request(db, import_id)
+    account_id = request["account_id"]
+    if isinstance(account_id, str) and ObjectId.is_valid(account_id):
+        # The import took a hex string for the ObjectId it names; its contacts hold the ObjectId.
+        account_id = ObjectId(account_id)
     outcome = RevertOutcome(
         reverted_import_id=import_id,
-        account_id=request["account_id"],
+        account_id=account_id,
         user_id=request.get("user_id"),
         contact_type=CONTACT_TYPES.get(request.get("type"), str(request.get("type"))),
         started_at=datetime.now(UTC),

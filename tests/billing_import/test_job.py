@@ -392,6 +392,39 @@ def test_a_claimed_request_is_not_processed_twice(db, mongo_uri, sandbox, instan
     assert sandbox.state.requests() == []
 
 
+def test_a_run_whose_request_was_queued_again_records_no_result(
+    db, mongo_uri, sandbox, instance, monkeypatch
+):
+    from datetime import UTC, datetime
+
+    from stripe_crm_pipelines.billing_import import queue
+
+    sandbox.state.add_customer(CONNECTED_ACCOUNT, id="cus_1", email="a@example.com")
+    import_id = add_request(db, add_account(db))
+    complete = queue.complete
+
+    def recovered_first(db_, import_id_, run_id, outcome):
+        # Recovery judged the run dead just before it closed its request.
+        assert queue.requeue(db_, import_id_, run_id, f"Run {run_id} died", datetime.now(UTC))
+        return complete(db_, import_id_, run_id, outcome)
+
+    monkeypatch.setattr(queue, "complete", recovered_first)
+
+    result = run_import(mongo_uri, sandbox, import_id, instance)
+
+    assert result.success
+    request = db[store.QUEUES].find_one({"_id": import_id})
+    assert (request["status"], request["in_progress"]) == ("pending", False)
+    assert db[store.IMPORT_RESULTS].count_documents({}) == 0
+    message = op_metadata(result, "record_import_result")["result"]
+    assert message.startswith(f"Import request {import_id} is no longer claimed by this run")
+    assert not [
+        event
+        for event in result.all_events
+        if event.event_type == DagsterEventType.ASSET_MATERIALIZATION
+    ]
+
+
 def test_a_completed_request_is_not_run_again(db, contacts, mongo_uri, sandbox, instance):
     sandbox.state.add_customer(CONNECTED_ACCOUNT, id="cus_1", email="a@example.com")
     account_id = add_account(db)

@@ -190,6 +190,36 @@ def test_complete_by_a_run_that_lost_the_claim_leaves_the_request(db, held):
     assert request_of(db, held) == before
 
 
+def test_complete_after_recovery_closed_the_request_writes_nothing(db, held):
+    queue.fail(db, held, "r1", outcome_of(held), "no heartbeat; gave up after 3 attempts")
+    before = request_of(db, held)
+
+    # The run was alive after all and finishes its import.
+    assert queue.complete(db, held, "r1", outcome_of(held, records_added=3)) == (None, False)
+
+    assert request_of(db, held) == before
+    assert [r["status"] for r in db[store.IMPORT_RESULTS].find({"import_id": held})] == ["failed"]
+
+
+def test_complete_after_the_request_was_queued_again_writes_no_result(db, held):
+    assert queue.requeue(db, held, "r1", "Run r1 died", NOW)
+
+    assert queue.complete(db, held, "r1", outcome_of(held, records_added=3)) == (None, False)
+
+    assert request_of(db, held)["status"] == "pending"
+    assert db[store.IMPORT_RESULTS].count_documents({}) == 0
+
+
+def test_requeue_leaves_a_request_the_crm_cancelled_for_recovery_to_close(db, held):
+    db[store.QUEUES].update_one({"_id": held}, {"$set": {"status": "cancelled"}})
+
+    assert not queue.requeue(db, held, "r1", "Run r1 died", NOW)
+
+    assert request_of(db, held)["status"] == "cancelled"
+    assert queue.held_request(db, held, "r1").cancel_requested
+    assert queue.held_request(db, held, "r2") is None
+
+
 @pytest.mark.parametrize(("close", "status"), [(queue.fail, "failed"), (queue.cancel, "cancelled")])
 def test_fail_and_cancel_close_the_request_with_its_result(db, held, close, status):
     result_id = close(db, held, "r1", outcome_of(held, records_added=2), "why")

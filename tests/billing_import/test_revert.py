@@ -114,6 +114,22 @@ def test_revert_after_a_mapping_mistake_restores_every_field(db, mongo_uri, inst
     assert (metadata["records_restored"], metadata["records_removed"]) == (2, 2)
 
 
+def test_an_import_whose_request_named_its_account_as_a_string_is_reverted(
+    db, mongo_uri, instance, imported
+):
+    import_id, before = imported
+    # The CRM may write the account id as a hex string; the import reads it as the ObjectId.
+    account_id = db[store.QUEUES].find_one({"_id": import_id})["account_id"]
+    db[store.QUEUES].update_one({"_id": import_id}, {"$set": {"account_id": str(account_id)}})
+
+    result = run_revert(mongo_uri, import_id, instance)
+
+    assert result.success
+    assert {contact["_id"]: contact for contact in db[store.CONTACTS].find({})} == before
+    document = revert_result(db, import_id)
+    assert (document["records_restored"], document["records_removed"]) == (2, 2)
+
+
 def test_a_contact_edited_after_the_import_keeps_the_edit(db, mongo_uri, instance, imported):
     import_id, _ = imported
     contacts = db[store.CONTACTS]

@@ -18,7 +18,7 @@ from dagster import (
 )
 
 from stripe_crm_pipelines import store
-from stripe_crm_pipelines.billing_import import importer, recovery, tags
+from stripe_crm_pipelines.billing_import import importer, queue, recovery, tags
 from stripe_crm_pipelines.billing_import.importer import ClaimWatch
 from stripe_crm_pipelines.billing_import.job import billing_contact_import
 from stripe_crm_pipelines.billing_import.queue import ClaimState, HeldRequest
@@ -239,6 +239,25 @@ def test_a_cancelled_request_whose_run_died_is_closed_cancelled(db, mongo_uri, i
 
     assert evaluate_sensor(instance, mongo_uri).run_requests == []
 
+    request = db[store.QUEUES].find_one({"_id": import_id})
+    assert (request["status"], request["in_progress"]) == ("cancelled", False)
+    assert import_result(db, import_id)["status"] == "cancelled"
+
+
+def test_a_request_the_crm_cancels_while_recovery_decides_is_closed_cancelled(db):
+    account_id = add_account(db)
+    import_id = add_request(db, account_id)
+    queue.claim(db, import_id, "run-1")
+    read = queue.held_request(db, import_id, "run-1")
+    assert not read.cancel_requested
+    # The CRM cancels it between recovery's read and its write.
+    db[store.QUEUES].update_one({"_id": import_id}, {"$set": {"status": "cancelled"}})
+
+    done = recovery.recover_request(
+        db, read, cause="Run run-1 died", run_cancelled=False, now=datetime.now(UTC)
+    )
+
+    assert done == f"Import request {import_id} marked cancelled: Run run-1 died"
     request = db[store.QUEUES].find_one({"_id": import_id})
     assert (request["status"], request["in_progress"]) == ("cancelled", False)
     assert import_result(db, import_id)["status"] == "cancelled"
