@@ -36,7 +36,9 @@ from stripe_crm_pipelines.billing_import.mapping import (
     set_fields,
 )
 from stripe_crm_pipelines.billing_import.upsert import (
+    PlannedChange,
     SeenCustomers,
+    UpsertPlan,
     UpsertTarget,
     backfill_email_keys,
     execute_plan,
@@ -228,7 +230,9 @@ def apply_changes(
     Live customers are matched and written as an import writes them (contacts without an email
     key get theirs, then one query and one unordered bulk write), the most recently changed
     first so that, as in an import, the newest of two customers with one email wins. Customers
-    whose contact already holds their values are not written at all.
+    whose contact (of the state's type) already holds their values are not written at all, but
+    they are planned with the others first, so an older customer sharing their email stays a
+    duplicate: the same events applied twice change nothing.
     """
     contacts = db[store.CONTACTS]
     target = UpsertTarget(
@@ -244,20 +248,10 @@ def apply_changes(
         # first, as an import does, so a customer with their email matches them.
         backfill_email_keys(contacts, target)
         existing = find_existing_contacts(contacts, live, target)
-        by_customer_id = {
-            contact["stripe_customer_id"]: contact
-            for contact in existing
-            if isinstance(contact.get("stripe_customer_id"), str)
-        }
-        to_write = []
-        for customer in live:
-            contact = by_customer_id.get(customer["id"])
-            if contact is not None and holds_customer(contact, customer, target):
-                outcome.records_unchanged += 1
-                outcome.written_customer_ids.append(customer["id"])
-            else:
-                to_write.append(customer)
-        plan = plan_upserts(to_write, existing, target, SeenCustomers())
+        plan = plan_upserts(live, existing, target, SeenCustomers())
+        unchanged = _drop_unchanged(plan, existing, live, target)
+        outcome.records_unchanged += len(unchanged)
+        outcome.written_customer_ids.extend(unchanged)
         result = execute_plan(contacts, plan)
         failed = {error.stripe_customer_id for error in result.errors}
         outcome.written_customer_ids.extend(
@@ -278,6 +272,34 @@ def apply_changes(
         outcome.records_archived += archive_contacts(contacts, target, deleted)
     else:
         outcome.deletions_kept += len(deleted)
+
+
+def _drop_unchanged(
+    plan: UpsertPlan,
+    existing: Sequence[Mapping[str, Any]],
+    customers: Sequence[Mapping[str, Any]],
+    target: UpsertTarget,
+) -> list[str]:
+    """Take the updates of contacts that already hold their customer's values out of ``plan``;
+    the ids of those customers."""
+    contacts = {c["_id"]: c for c in existing if c.get("type") == target.contact_type}
+    by_id = {customer["id"]: customer for customer in customers}
+    kept: list[tuple[UpdateOne, PlannedChange]] = []
+    unchanged: list[str] = []
+    for operation, change in zip(plan.operations, plan.planned, strict=True):
+        contact = contacts.get(change.contact_id) if change.action == "update" else None
+        customer = by_id.get(change.stripe_customer_id)
+        if (
+            contact is not None
+            and customer is not None
+            and holds_customer(contact, customer, target)
+        ):
+            unchanged.append(change.stripe_customer_id)
+        else:
+            kept.append((operation, change))
+    plan.operations = [operation for operation, _ in kept]
+    plan.planned = [change for _, change in kept]
+    return unchanged
 
 
 def holds_customer(

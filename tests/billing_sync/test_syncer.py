@@ -415,6 +415,58 @@ def test_a_crash_between_the_writes_and_the_cursor_changes_nothing_when_run_agai
     assert contact_of(db, new.id)["stripe_customer_id"] == new.id
 
 
+def test_events_of_two_customers_sharing_an_email_applied_twice_change_nothing(
+    db, mongo_uri, sandbox, instance, stripe_client_factory
+):
+    account_id = keep_in_sync(db, mongo_uri, sandbox, instance)
+    editor = sandbox_client(stripe_client_factory)
+    older = editor.v1.customers.create(
+        params={"email": "Same@example.com", "address": {"city": "Old"}}
+    )
+    newer = editor.v1.customers.create(
+        params={"email": "same@example.com", "address": {"city": "New"}}
+    )
+    state = load_sync_state(db, account_id, "person")
+    read = read_customer_events(stripe_client(sandbox), state.events_cursor)
+    first = new_outcome(state, "crashed-run")
+    apply_changes(db, state, read.changes, first)
+    # The newer customer wins the email; the older one is a duplicate.
+    assert (first.records_added, first.duplicates) == (1, 1)
+    written = contacts_snapshot(db)
+    assert contact_of(db, newer.id)["address"]["city"] == "New"
+
+    outcome = sync(db, sandbox, account_id)  # the same events again: the cursor did not move
+
+    assert contacts_snapshot(db) == written
+    assert contact_of(db, older.id) is None
+    assert (outcome.records_added, outcome.records_updated, outcome.records_unchanged) == (0, 0, 1)
+    assert outcome.duplicates == 1
+
+
+def test_a_customer_a_business_contact_holds_is_skipped_by_a_person_sync(
+    db, mongo_uri, sandbox, instance, stripe_client_factory
+):
+    customer = sandbox.state.add_customer(CONNECTED_ACCOUNT, email="biz@example.com")
+    account_id = keep_in_sync(db, mongo_uri, sandbox, instance, mappings={})
+    # As a payment link for a business contact would have linked it.
+    db[store.CONTACTS].delete_many({"stripe_customer_id": customer["id"]})
+    db[store.CONTACTS].insert_one(
+        {
+            "parent_account": account_id,
+            "type": "business",
+            "email": "biz@example.com",
+            "stripe_customer_id": customer["id"],
+        }
+    )
+    sandbox_client(stripe_client_factory).v1.customers.update(customer["id"], params={"name": "B"})
+
+    outcome = sync(db, sandbox, account_id)
+
+    assert (outcome.records_unchanged, outcome.records_skipped) == (0, 1)
+    assert customer["id"] not in outcome.written_customer_ids
+    assert db[store.CONTACTS].count_documents({"stripe_customer_id": customer["id"]}) == 1
+
+
 def test_a_revoked_key_fails_clearly_and_the_state_says_so(
     db, mongo_uri, sandbox, instance, stripe_client_factory
 ):
