@@ -433,6 +433,50 @@ def others_working_on(db, account_id: ObjectId, run_id: str) -> list[ObjectId]:
     ]
 
 
+MAX_UNCLAIMED_RUNS = 3
+"""Runs that may end without claiming a request (terminated while queued, failed to start,
+failed before the claim) before the request is failed with the reason."""
+
+
+def relaunch_unclaimed(
+    db, import_id: ObjectId, run_id: str, run_status: str, now: datetime | None = None
+) -> str | None:
+    """A pending request whose run ended before claiming it: count that run, and launch it again
+    under a new run key (``releases`` goes up; the daemon never launches a key twice), or after
+    :data:`MAX_UNCLAIMED_RUNS` such runs fail it with the reason and a result. Says what was
+    done; None if the request is no longer pending."""
+    now = now or datetime.now(UTC)
+    ended = f"Run {run_id} ended ({run_status}) before it claimed the request"
+    request = db[store.QUEUES].find_one_and_update(
+        {**PENDING_FILTER, "_id": import_id},
+        {
+            "$set": {"last_error": ended},
+            "$inc": {"releases": 1, "unclaimed_runs": 1},
+            "$push": {"unclaimed_runs_log": {"run_id": run_id, "status": run_status, "at": now}},
+        },
+        return_document=ReturnDocument.AFTER,
+    )
+    if request is None:
+        return None
+    count = request.get("unclaimed_runs", 0)
+    if count < MAX_UNCLAIMED_RUNS:
+        return f"Import request {import_id}: {ended}; launched again"
+    message = f"{ended}; gave up after {count} runs that ended before claiming it"
+    failed = db[store.QUEUES].update_one(
+        {**PENDING_FILTER, "_id": import_id},
+        {"$set": {"status": FAILED, "error": message, "finished_at": now}},
+    )
+    if failed.matched_count == 0:
+        return None
+    outcome = outcome_so_far(request)
+    outcome.finish(now)
+    result_id = save_result(
+        db, result_document(outcome, status=FAILED, run_id=run_id, error=message)
+    )
+    db[store.QUEUES].update_one({"_id": import_id}, {"$set": {"result_id": result_id}})
+    return f"Import request {import_id} marked failed: {message}"
+
+
 def releases_of(request: Mapping[str, Any]) -> int:
     """How often runs let the request go unprocessed (:func:`release`, :func:`hand_off`)."""
     value = request.get("releases")

@@ -5,7 +5,11 @@ Every 30 seconds (``STRIPE_CRM_IMPORT_SENSOR_INTERVAL_SECONDS`` where the defini
 first (as the seed did), and asks for one run per request. The run key is
 ``<import id>:<attempts>``: while a request waits for its run it is asked for again with the same
 key, which Dagster drops, and a request put back to pending after a failed attempt gets a new key
-because its claim counted the attempt.
+because its claim counted the attempt. A run that ended before it claimed its requests (terminated
+while queued, failed to start or before the claim) leaves them pending under the key the daemon
+will not launch again: the sensor sees that run ended, records it on each request
+(``last_error``, ``unclaimed_runs``) and launches it again under a new key on the next tick; after
+three such runs the request is failed with the reason.
 
 A request still claimed by a run that can no longer finish it (the run failed, was terminated,
 is missing from the instance, or has sent no heartbeat for five minutes because its process died)
@@ -59,6 +63,8 @@ from stripe_crm_pipelines.resources.stripe import redact_api_keys
 from stripe_crm_pipelines.stripe_keys import connected_accounts_of
 
 RUN_END_SENSOR_INTERVAL_SECONDS = 10
+RUN_KEY_TAG = "dagster/run_key"
+"""The tag Dagster gives a run launched under a sensor's run key."""
 SENSOR_INTERVAL_VARIABLE = "STRIPE_CRM_IMPORT_SENSOR_INTERVAL_SECONDS"
 DEFAULT_SENSOR_INTERVAL_SECONDS = 30
 
@@ -336,6 +342,10 @@ def billing_import_sensor(
             f"{len(waiting)} import request(s) left pending, no billing Stripe key for the "
             f"account: {', '.join(item.describe() for item in waiting)}"
         )
+    runs, batches = (
+        _not_launched_before(db, context, runs),
+        _not_launched_before(db, context, batches),
+    )
     if not runs and not batches:
         if waiting:
             return SkipReason(
@@ -436,6 +446,49 @@ def run_facts(run: DagsterRun | None) -> RunFacts | None:
         started=run.status == DagsterRunStatus.STARTED,
         cancelled=run.status == DagsterRunStatus.CANCELED,
     )
+
+
+def ended_runs_by_key(instance: DagsterInstance, run_keys: Iterable[str]) -> dict[str, DagsterRun]:
+    """The finished runs launched under any of ``run_keys``, by key. The daemon never launches a
+    key twice, so a run asked for under one of these keys would be dropped."""
+    keys = sorted(set(run_keys))
+    if not keys:
+        return {}
+    runs = instance.get_runs(RunsFilter(tags={RUN_KEY_TAG: keys}))
+    return {run.tags[RUN_KEY_TAG]: run for run in runs if run.is_finished}
+
+
+def _not_launched_before(
+    db, context: SensorEvaluationContext, run_requests: list[RunRequest]
+) -> list[RunRequest]:
+    """``run_requests`` but those whose key names a run that has already ended. Such a run ended
+    before it claimed its requests (a claim changes the key): terminated while queued, failed to
+    start, or failed before the claim. Its requests are launched again under a new key on the
+    next tick, or failed once that has happened too often (:func:`queue.relaunch_unclaimed`)."""
+    ended = ended_runs_by_key(context.instance, (r.run_key for r in run_requests if r.run_key))
+    if not ended:
+        return run_requests
+    kept = []
+    for run_request in run_requests:
+        run = ended.get(run_request.run_key or "")
+        if run is None:
+            kept.append(run_request)
+            continue
+        for import_id in _import_ids(run_request.run_config):
+            message = queue.relaunch_unclaimed(
+                db, ObjectId(import_id), run.run_id, run.status.value
+            )
+            if message is not None:
+                context.log.warning(message)
+    return kept
+
+
+def _import_ids(run_config: Mapping[str, Any] | None) -> list[str]:
+    """The requests a run's config names: a batch's, or a single import's."""
+    try:
+        return [str(run_config["ops"]["claim_import_request"]["config"]["import_id"])]  # type: ignore[index]
+    except (KeyError, TypeError):
+        return _batch_import_ids(run_config)
 
 
 def _batch_import_ids(run_config: Mapping[str, Any] | None) -> list[str]:

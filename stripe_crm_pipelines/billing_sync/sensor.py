@@ -5,7 +5,9 @@ nor its last attempt is more recent than its ``sync_interval_seconds`` (default 
 the same tags as imports (account, connected Stripe account, import type, user), so the
 instance's limit of one run per ``stripe_crm/stripe_account`` holds for imports and syncs of an
 account together. The run key is ``sync:<state id>:<attempts>``: a run that waits in the queue
-is not asked for twice, and the next attempt gets a new key because the run counts it.
+is not asked for twice, and the next attempt gets a new key because the run counts it. A run
+that ended before it could count it (terminated while queued, failed to start) is counted by the
+sensor, with the reason in the state's ``last_error``.
 
 The sensor also adds each account's partition of ``crm_contacts`` to the catalog.
 """
@@ -24,9 +26,13 @@ from dagster import (
 )
 
 from stripe_crm_pipelines.billing_import import tags
-from stripe_crm_pipelines.billing_import.sensor import NO_CONNECTED_ACCOUNT
+from stripe_crm_pipelines.billing_import.sensor import NO_CONNECTED_ACCOUNT, ended_runs_by_key
 from stripe_crm_pipelines.billing_sync.job import billing_contact_sync
-from stripe_crm_pipelines.billing_sync.state import SyncState, due_sync_states
+from stripe_crm_pipelines.billing_sync.state import (
+    SyncState,
+    due_sync_states,
+    skip_unstarted_attempt,
+)
 from stripe_crm_pipelines.catalog import add_account_partitions
 from stripe_crm_pipelines.resources import MongoResource
 from stripe_crm_pipelines.stripe_keys import connected_accounts_of
@@ -73,11 +79,26 @@ def plan_sync_runs(
 )
 def billing_sync_sensor(context: SensorEvaluationContext, mongo: MongoResource):
     db = mongo.database()
-    due = due_sync_states(db, datetime.now(UTC))
+    now = datetime.now(UTC)
+    due = due_sync_states(db, now)
     if not due:
         return SkipReason("No contact sync is due")
     account_ids = {state.account_id for state in due}
     runs = plan_sync_runs(due, connected_accounts_of(db, account_ids))
+    # A run that ended before it counted its attempt keeps the state's run key, which the daemon
+    # never launches twice: count the attempt here, so the next one gets a key of its own.
+    ended = ended_runs_by_key(context.instance, (run.run_key for run in runs if run.run_key))
+    for state, run_request in zip(due, list(runs), strict=True):
+        run = ended.get(run_request.run_key or "")
+        if run is None:
+            continue
+        message = (
+            f"Run {run.run_id} ended ({run.status.value}) before it started the sync; the next "
+            "run starts when the sync is due again"
+        )
+        skip_unstarted_attempt(db, state.id, run.run_id, message, now)
+        context.log.warning(f"Sync of account {state.account_id} ({state.import_type}): {message}")
+        runs.remove(run_request)
     context.log.info(f"Requesting {len(runs)} contact sync run(s)")
     return SensorResult(
         run_requests=runs, dynamic_partitions_requests=[add_account_partitions(account_ids)]

@@ -218,6 +218,26 @@ def start_sync_attempt(db, state_id: ObjectId, run_id: str, now: datetime) -> No
     )
 
 
+def skip_unstarted_attempt(
+    db, state_id: ObjectId, run_id: str, message: str, now: datetime
+) -> None:
+    """Count the attempt of a run that ended before it started (terminated while queued, failed
+    to start, failed before the op counted it), with the reason on the state: the next run has a
+    new run key, and comes when the state is due again."""
+    db[SYNC_STATE].update_one(
+        {"_id": state_id},
+        {
+            "$set": {
+                "last_attempt_at": now,
+                "sync_run_id": run_id,
+                "last_error": message,
+                "updated_at": now,
+            },
+            "$inc": {"attempts": 1},
+        },
+    )
+
+
 def advance_cursor(db, state_id: ObjectId, cursor: EventsCursor, synced_at: datetime) -> None:
     """Move the cursor past events whose changes are written; the sync succeeded."""
     db[SYNC_STATE].update_one(

@@ -17,7 +17,8 @@ from dagster import (
 )
 
 from stripe_crm_pipelines import store
-from stripe_crm_pipelines.billing_import import tags
+from stripe_crm_pipelines.billing_import import queue, tags
+from stripe_crm_pipelines.billing_import.batch_job import billing_import_batch
 from stripe_crm_pipelines.billing_import.job import billing_contact_import
 from stripe_crm_pipelines.billing_import.sensor import (
     SENSOR_INTERVAL_VARIABLE,
@@ -99,6 +100,69 @@ def test_the_run_key_changes_with_each_attempt(db, mongo_uri, instance):
     [run] = evaluate(instance, mongo_uri).run_requests
 
     assert run.run_key == f"{import_id}:2"
+
+
+def ended_before_claiming(instance, run_request, status=DagsterRunStatus.CANCELED):
+    """A run launched for ``run_request`` that ended without claiming, as after a terminate
+    while it was queued."""
+    return instance.create_run_for_job(
+        billing_import_batch
+        if run_request.job_name == billing_import_batch.name
+        else billing_contact_import,
+        run_config=run_request.run_config,
+        status=status,
+        tags={**run_request.tags, "dagster/run_key": run_request.run_key},
+    )
+
+
+def test_a_request_whose_run_ended_before_claiming_it_is_launched_again(db, mongo_uri, instance):
+    import_id = add_request(db, add_account(db))
+    [first] = evaluate(instance, mongo_uri).run_requests
+    run = ended_before_claiming(instance, first)
+
+    assert evaluate(instance, mongo_uri).run_requests == []
+    request = db[store.QUEUES].find_one({"_id": import_id})
+    assert request["status"] == "pending"
+    assert (
+        request["last_error"] == f"Run {run.run_id} ended (CANCELED) before it claimed the request"
+    )
+    [second] = evaluate(instance, mongo_uri).run_requests
+    assert second.run_key == f"{import_id}:0+1"
+
+
+def test_a_request_whose_runs_keep_ending_before_claiming_it_is_failed_with_the_reason(
+    db, mongo_uri, instance
+):
+    import_id = add_request(db, add_account(db))
+    for _ in range(queue.MAX_UNCLAIMED_RUNS):
+        [run_request] = evaluate(instance, mongo_uri).run_requests
+        run = ended_before_claiming(instance, run_request, DagsterRunStatus.FAILURE)
+        evaluate(instance, mongo_uri)
+
+    request = db[store.QUEUES].find_one({"_id": import_id})
+    assert (request["status"], request["in_progress"]) == ("failed", False)
+    assert request["error"] == (
+        f"Run {run.run_id} ended (FAILURE) before it claimed the request; gave up after 3 runs "
+        "that ended before claiming it"
+    )
+    result = import_result(db, import_id)
+    assert (result["status"], result["error"]) == ("failed", request["error"])
+    assert evaluate(instance, mongo_uri).skip_message == "No pending billing contact imports"
+
+
+def test_small_requests_whose_batch_run_ended_before_claiming_them_are_launched_again(
+    db, mongo_uri, instance
+):
+    ids = [add_request(db, add_account(db, stripe_account=f"acct_{n}")) for n in range(2)]
+    [batch] = evaluate(instance, mongo_uri, batch_max=200).run_requests
+    assert batch.job_name == billing_import_batch.name
+    ended_before_claiming(instance, batch)
+
+    assert evaluate(instance, mongo_uri, batch_max=200).run_requests == []
+    requests = list(db[store.QUEUES].find({"_id": {"$in": ids}}))
+    assert [(r["status"], r["releases"]) for r in requests] == [("pending", 1), ("pending", 1)]
+    [again] = evaluate(instance, mongo_uri, batch_max=200).run_requests
+    assert again.run_key != batch.run_key
 
 
 def test_only_pending_billing_requests_not_in_progress_get_runs(db, mongo_uri, instance):

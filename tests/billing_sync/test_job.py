@@ -9,6 +9,7 @@ from dagster import (
     AssetCheckKey,
     DagsterEventType,
     DagsterInstance,
+    DagsterRunStatus,
     DefaultSensorStatus,
     SensorResult,
     SkipReason,
@@ -292,6 +293,36 @@ def test_a_started_sync_is_not_due_again_and_its_next_attempt_gets_a_new_run_key
     )
     second = evaluate(mongo_uri).run_requests[0].run_key
     assert (first, second) == (f"sync:{state.id}:0", f"sync:{state.id}:1")
+
+
+def test_a_sync_run_that_ended_before_starting_is_counted_and_launched_again_when_due(
+    db, mongo_uri
+):
+    account_id = add_state(db)
+    state = load_sync_state(db, account_id, "person")
+    instance = DagsterInstance.ephemeral()
+    [first] = evaluate(mongo_uri, instance).run_requests
+    # Terminated while queued: the op never counted its attempt, so the state keeps the key.
+    instance.create_run_for_job(
+        billing_contact_sync,
+        run_config=first.run_config,
+        status=DagsterRunStatus.CANCELED,
+        tags={**first.tags, "dagster/run_key": first.run_key},
+    )
+
+    result = evaluate(mongo_uri, instance)
+
+    assert result.run_requests == []
+    after = load_sync_state(db, account_id, "person")
+    assert after.attempts == 1
+    stored = db[SYNC_STATE].find_one({"_id": state.id})
+    assert "ended (CANCELED) before it started the sync" in stored["last_error"]
+    # Due again after its interval, under a key of its own.
+    db[SYNC_STATE].update_one(
+        {"_id": state.id}, {"$set": {"last_attempt_at": datetime.now(UTC) - timedelta(hours=1)}}
+    )
+    [second] = evaluate(mongo_uri, instance).run_requests
+    assert second.run_key == f"sync:{state.id}:1"
 
 
 def test_a_paused_state_is_skipped_until_resumed(db, mongo_uri):
