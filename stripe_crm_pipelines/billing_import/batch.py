@@ -31,11 +31,12 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from bson import ObjectId
 
-from stripe_crm_pipelines.billing_import import importer, queue
+from stripe_crm_pipelines.billing_import import importer, queue, recovery
 from stripe_crm_pipelines.billing_import.batches import FetchSettings
 from stripe_crm_pipelines.billing_import.importer import (
     ImportCancelled,
@@ -160,9 +161,9 @@ def import_batch(
                 _ImportLog(log, import_id),
             )
         except Exception as error:  # one import's surprise must not stop the others
-            # Anything still claimed is recovered once the run has failed (see sensor.py).
             message = f"Import failed: {type(error).__name__}: {error}"
             log.exception(f"Import {import_id}: {message}")
+            _recover_left_claimed(connect, import_id, run_id, message, log)
             return BatchEntry(str(import_id), FAILED, message)
         log.info(entry.describe())
         return entry
@@ -176,6 +177,26 @@ def import_batch(
         except BaseException:
             stopping.set()
             raise
+
+
+def _recover_left_claimed(
+    connect: Callable[[], Any], import_id: ObjectId, run_id: str, cause: str, log: logging.Logger
+) -> None:
+    """Recover a request this run still holds after its import failed unexpectedly, as if a run
+    of its own had failed (queued again, up to three attempts): the batch run goes on with the
+    others, so nothing else would, and a claim left without a heartbeat would have the whole
+    run taken for dead. If the store cannot be reached either, the sensor recovers it later."""
+    try:
+        db = connect()
+        held = queue.held_request(db, import_id, run_id)
+        if held is not None:
+            done = recovery.recover_request(
+                db, held, cause=f"Run {run_id}: {cause}", run_cancelled=False, now=datetime.now(UTC)
+            )
+            if done is not None:
+                log.warning(done)
+    except Exception as error:  # the store is failing too; the sensor recovers it later
+        log.warning(f"Import {import_id} is left claimed ({type(error).__name__}: {error})")
 
 
 def _import_one(

@@ -30,7 +30,7 @@ import hashlib
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bson import ObjectId
@@ -397,13 +397,22 @@ def recover_stale_claims(db, instance: DagsterInstance, now: datetime | None = N
     """Recover every held request whose run can no longer finish it; says what it did."""
     now = now or datetime.now(UTC)
     done: list[str] = []
-    for request in queue.held_requests(db):
+    held = list(queue.held_requests(db))
+    # A batch run holds several requests: one gone silent (its import's thread died) does not
+    # make a run dead whose other imports still beat.
+    beating = {
+        request.run_id
+        for request in held
+        if now - recovery.last_sign_of_life(request, default=now)
+        <= timedelta(seconds=recovery.STALE_AFTER_SECONDS)
+    }
+    for request in held:
         run = instance.get_run_by_id(request.run_id)
         facts = run_facts(run)
         cause = recovery.why_stale(request, facts, now)
         if cause is None:
             continue
-        if run is not None and not run.is_finished:
+        if run is not None and not run.is_finished and request.run_id not in beating:
             # Dead without Dagster knowing: say so on the run, which also frees its slot in the
             # per-account concurrency limit for the next attempt.
             instance.report_run_failed(run, f"{cause}. Marked failed by billing_import_sensor.")

@@ -402,3 +402,69 @@ def test_a_batch_launched_with_a_malformed_id_fails_naming_it_and_claims_nothing
     request = db[store.QUEUES].find_one({"_id": import_id})
     assert (request["status"], request["in_progress"]) == ("pending", False)
     assert sandbox.state.requests() == []
+
+
+def test_an_import_that_fails_unexpectedly_in_a_batch_is_queued_again_and_the_others_complete(
+    db, mongo_uri, sandbox, monkeypatch
+):
+    from pymongo.errors import AutoReconnect
+
+    from stripe_crm_pipelines.billing_import import batch
+
+    (_, broken, _), (_, fine, _) = small_accounts(db, sandbox, [3, 4])
+    saved_checkpoint = queue.saved_checkpoint
+
+    def store_fails_for_one(db_, import_id, run_id):
+        if import_id == broken:
+            raise AutoReconnect("connection reset")
+        return saved_checkpoint(db_, import_id, run_id)
+
+    monkeypatch.setattr(queue, "saved_checkpoint", store_fails_for_one)
+    stripe = StripeResource(api_base=sandbox.url, initial_retry_delay_seconds=0.01)
+
+    entries = batch.import_batch(
+        [broken, fine],
+        "batch-run-1",
+        connect=MongoResource(uri=mongo_uri).database,
+        stripe_client=stripe.client,
+        busy=lambda db_, claim: None,
+    )
+
+    assert [entry.status for entry in entries] == ["failed", "completed"]
+    request = db[store.QUEUES].find_one({"_id": broken})
+    # Not left claimed without a heartbeat, which would have the whole run taken for dead.
+    assert (request["status"], request["in_progress"]) == ("pending", False)
+    assert "AutoReconnect: connection reset" in request["last_error"]
+    assert request["failed_attempts"][0]["run_id"] == "batch-run-1"
+    assert import_result(db, fine)["status"] == "completed"
+
+
+def test_a_silent_import_does_not_fail_a_batch_run_whose_other_imports_beat(db, instance):
+    from stripe_crm_pipelines.billing_import import recovery
+    from stripe_crm_pipelines.billing_import.sensor import recover_stale_claims
+
+    silent = add_request(db, add_account(db, stripe_account="acct_silent"))
+    alive = add_request(db, add_account(db, stripe_account="acct_alive"))
+    run = instance.create_run_for_job(
+        billing_import_batch,
+        status=DagsterRunStatus.STARTED,
+        run_config={
+            "ops": {"import_requests": {"config": {"import_ids": [str(silent), str(alive)]}}}
+        },
+    )
+    queue.claim(db, silent, run.run_id)
+    queue.claim(db, alive, run.run_id)
+    now = datetime.now(UTC)
+    long_ago = now - timedelta(seconds=recovery.STALE_AFTER_SECONDS + 30)
+    db[store.QUEUES].update_one(
+        {"_id": silent}, {"$set": {"claimed_at": long_ago, "heartbeat_at": long_ago}}
+    )
+    db[store.QUEUES].update_one({"_id": alive}, {"$set": {"heartbeat_at": now}})
+
+    [message] = recover_stale_claims(db, instance, now)
+
+    assert message.startswith(f"Import request {silent} queued again")
+    assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.STARTED
+    live = db[store.QUEUES].find_one({"_id": alive})
+    assert (live["in_progress"], live["claimed_by_run"]) == (True, run.run_id)
+    assert db[store.QUEUES].find_one({"_id": silent})["status"] == "pending"
