@@ -41,9 +41,17 @@ class StoreChoice:
         return f"store: {redact_uri(self.uri)} ({self.origin})"
 
     def embedded_directory(self) -> Path | None:
-        """The directory of an embedded (``file://``) store, else None."""
+        """The directory of an embedded (``file://``) store, else None; a relative one (such as
+        ``file://.local/store``, whose ``.local`` would be read as a host) is refused."""
+        if store.uri_scheme(self.uri) != "file":
+            return None
         parsed = urlparse(self.uri)
-        return Path(unquote(parsed.path)) if parsed.scheme == "file" else None
+        directory = Path(unquote(parsed.path))
+        if parsed.netloc or not directory.is_absolute():
+            raise store.StoreConfigError(
+                f"MONGODB_URI file:// path must be absolute, got {self.uri!r}"
+            )
+        return directory
 
     def is_missing(self) -> bool:
         """An embedded store whose directory does not exist: nothing was ever written there."""
@@ -89,10 +97,4 @@ def open_store(choice: StoreChoice, err: TextIO):
     return db
 
 
-def redact_uri(uri: str) -> str:
-    """The URI with any password replaced by ``***``, fit for a terminal or a log."""
-    parsed = urlparse(uri)
-    if not parsed.password:
-        return uri
-    netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)
-    return parsed._replace(netloc=netloc).geturl()
+redact_uri = store.redact_uri

@@ -19,11 +19,11 @@ are both a :class:`CallPolicy` applied to a wrapped database.
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
-from urllib.parse import urlparse
 
 import pymongo
 from pymongo import ASCENDING, DESCENDING, IndexModel
@@ -44,7 +44,8 @@ OBJECT_ID_PATTERN = r"^[0-9a-fA-F]{24}$"
 
 DEFAULT_DATABASE = "crm"
 DEFAULT_STORE_DIR = (
-    Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share"))
+    # An empty XDG_DATA_HOME counts as unset, as the XDG specification says.
+    Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
     / "stripe-crm-pipelines"
     / "store"
 )
@@ -61,6 +62,8 @@ UNIQUE_CONTACT_INDEXES = ("by_stripe_customer", "by_email_key")
 """The contact indexes that keep one contact per Stripe id and per email on MongoDB."""
 
 T = TypeVar("T")
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 
 _clients: dict[str, Any] = {}
 _clients_lock = threading.Lock()
@@ -93,11 +96,41 @@ def connect(uri: str | None = None):
     return open_database(resolve_uri(uri), database_name())
 
 
+def uri_scheme(uri: str) -> str:
+    """The URI's scheme, lower-cased ('' if it has none); never fails on the rest of it."""
+    match = _SCHEME.match(uri)
+    return match.group(1).lower() if match else ""
+
+
+def redact_uri(uri: str) -> str:
+    """The URI with any password replaced by ``***``, fit for a terminal or a log.
+
+    Parsed by hand rather than with ``urlparse``, which stops the address at a ``#``, ``?`` or
+    ``/`` that an unescaped password may hold (pymongo accepts those) and so missed it."""
+    password = _password_of(uri)
+    if password is None:
+        return uri
+    scheme, _, rest = uri.partition("://")
+    user = rest[: rest.rfind("@")].partition(":")[0]
+    return f"{scheme}://{user}:***@{rest[rest.rfind('@') + 1 :]}"
+
+
+def _password_of(uri: str) -> str | None:
+    """The password of ``scheme://user:password@hosts…`` (the user info ends at the last
+    ``@``), else None."""
+    _, separator, rest = uri.partition("://")
+    at = rest.rfind("@")
+    if not separator or at < 0:
+        return None
+    _, colon, password = rest[:at].partition(":")
+    return password if colon else None
+
+
 def open_database(uri: str, name: str = DEFAULT_DATABASE):
     """Database ``name`` of the store at ``uri``; reads no environment variable."""
-    scheme = urlparse(uri).scheme
+    scheme = uri_scheme(uri)
     if scheme in ("mongodb", "mongodb+srv"):
-        return shared_client(uri, lambda: pymongo.MongoClient(uri, tz_aware=True))[name]
+        return shared_client(uri, lambda: _mongo_client(uri))[name]
     if scheme in LOCAL_SCHEMES:
         try:
             from stripe_crm_pipelines.local import stores
@@ -111,6 +144,16 @@ def open_database(uri: str, name: str = DEFAULT_DATABASE):
         f"MONGODB_URI scheme {scheme!r} is not supported; use mongodb://, mongodb+srv://, "
         "file:///absolute/dir or mongomock://"
     )
+
+
+def _mongo_client(uri: str) -> pymongo.MongoClient:
+    try:
+        return pymongo.MongoClient(uri, tz_aware=True)
+    except (ValueError, pymongo.errors.ConfigurationError) as error:
+        reason = str(error)
+        if (password := _password_of(uri)) and password in reason:
+            reason = reason.replace(password, "***")
+        raise StoreConfigError(f"MONGODB_URI {redact_uri(uri)} is not usable: {reason}") from None
 
 
 def shared_client(key: str, factory: Callable[[], Any]) -> Any:

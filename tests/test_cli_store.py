@@ -109,6 +109,48 @@ def test_passwords_are_not_printed():
     assert choice.describe() == "store: mongodb://crm" + ":***" + "@db.example.com:27017/crm (test)"
 
 
+@pytest.mark.parametrize("password", ["Pa#ss", "a?b", "a/b", "p[w", "a@b", "x:y"])
+def test_passwords_pymongo_takes_unescaped_are_not_printed_either(password):
+    uri = "mongodb://crm:" + password + "@h1:27017,h2:27017/crm?replicaSet=rs0"
+
+    described = cli_store.StoreChoice(uri, "test").describe()
+
+    assert described == "store: mongodb://crm:***@h1:27017,h2:27017/crm?replicaSet=rs0 (test)"
+    assert password not in described
+
+
+def test_a_mongodb_uri_pymongo_refuses_is_named_without_its_password(project, monkeypatch, capsys):
+    monkeypatch.setenv("MONGODB_URI", "mongodb://crm:" + "s3cret#1" + "@db.example.com:port/crm")
+
+    code = history.main(["--account", str(ACCOUNT)])
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "error: MONGODB_URI mongodb://crm:***@db.example.com:port/crm is not usable: " in err
+    assert "Port contains non-digit characters" in err
+    assert "s3cret" not in err
+
+
+def test_a_relative_file_uri_is_refused_not_read_as_a_host(project, monkeypatch, capsys):
+    monkeypatch.setenv("MONGODB_URI", "file://.local/store")
+
+    code = history.main(["--account", str(ACCOUNT)])
+
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "error: MONGODB_URI file:// path must be absolute, got 'file://.local/store'" in err
+
+
+def test_an_empty_xdg_data_home_counts_as_unset(tmp_path):
+    code = "from stripe_crm_pipelines import store; print(store.DEFAULT_STORE_DIR)"
+    environment = {**os.environ, "XDG_DATA_HOME": "", "HOME": str(tmp_path)}
+    printed = subprocess.run(
+        [sys.executable, "-c", code], env=environment, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+    assert printed == str(tmp_path / ".local" / "share" / "stripe-crm-pipelines" / "store")
+
+
 @pytest.mark.parametrize("output_format", ["csv", "table"])
 def test_a_reader_that_stops_early_gets_no_traceback(tmp_path, output_format):
     """`history ... | head -1`: enough rows that the pipe closes while history still writes."""
