@@ -140,7 +140,18 @@ def open_database(uri: str, name: str = DEFAULT_DATABASE):
                 "install the project with its 'local' extra, or use mongodb://"
             ) from error
         return stores.open_local_database(uri, name)
-    raise StoreConfigError(
+    raise _unsupported(scheme)
+
+
+def check_scheme(uri: str) -> None:
+    """Raise :class:`StoreConfigError` unless ``uri`` names a kind of store this project opens."""
+    scheme = uri_scheme(uri)
+    if scheme not in ("mongodb", "mongodb+srv", *LOCAL_SCHEMES):
+        raise _unsupported(scheme)
+
+
+def _unsupported(scheme: str) -> StoreConfigError:
+    return StoreConfigError(
         f"MONGODB_URI scheme {scheme!r} is not supported; use mongodb://, mongodb+srv://, "
         "file:///absolute/dir or mongomock://"
     )

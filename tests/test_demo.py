@@ -56,3 +56,12 @@ def test_no_sandbox_is_one_clear_line(mongo_uri, monkeypatch, capsys):
         .err.splitlines()[-1]
         .startswith(f"error: no Stripe sandbox answers at http://127.0.0.1:{closed_port}")
     )
+
+
+def test_an_unsupported_store_is_one_clear_line(monkeypatch, stripe_sandbox, capsys):
+    monkeypatch.setenv("MONGODB_URI", "foo://x")
+
+    assert demo.main(["--sandbox-url", stripe_sandbox.url]) == 2
+
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: MONGODB_URI scheme 'foo' is not supported")

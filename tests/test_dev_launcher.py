@@ -102,3 +102,36 @@ def test_the_instance_is_free_again_once_the_launcher_is_gone(tmp_path):
         assert (tmp_path / dev.INSTANCE_LOCK).read_text() == f"{os.getpid()}\n"
     finally:
         second.close()
+
+
+def test_a_port_out_of_range_is_refused_by_name(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        dev.main(["--project-dir", str(PROJECT), "--port", "70000"])
+
+    assert stopped.value.code == 2
+    assert "argument --port: '70000' is not a port number (1 to 65535)" in capsys.readouterr().err
+
+
+def test_a_directory_that_is_not_the_project_is_refused_before_anything_is_written(
+    tmp_path, capsys
+):
+    with pytest.raises(SystemExit) as stopped:
+        dev.main(["--project-dir", str(tmp_path)])
+
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path} is not the project directory (no workspace.yaml or dagster.yaml)" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unsupported_mongodb_uri_is_refused_before_anything_starts(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("MONGODB_URI", "foo://x")
+
+    with pytest.raises(SystemExit) as stopped:
+        dev.main(["--project-dir", str(PROJECT), "--dagster-home", str(tmp_path / "home")])
+
+    assert stopped.value.code == 2
+    assert "MONGODB_URI scheme 'foo' is not supported" in capsys.readouterr().err
+    assert not (tmp_path / "home").exists()

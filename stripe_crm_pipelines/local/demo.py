@@ -195,6 +195,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(choice.describe(), file=sys.stderr)
     try:
         summary = seed_from_sandbox(store.connect(choice.uri), args.sandbox_url)
+    except store.StoreConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     except pymongo.errors.PyMongoError as error:
         print(f"error: cannot write the demo data: {error}", file=sys.stderr)
         return 1

@@ -56,20 +56,50 @@ def build_parser() -> argparse.ArgumentParser:
         help="Embedded store directory used when MONGODB_URI is unset "
         "(default: PROJECT/.local/store).",
     )
-    parser.add_argument("--port", type=int, default=3000, help="Dagster UI port (default 3000).")
+    parser.add_argument("--port", type=_port, default=3000, help="Dagster UI port (default 3000).")
     parser.add_argument(
-        "--sandbox-port", type=int, default=12111, help="Local Stripe sandbox port (default 12111)."
+        "--sandbox-port",
+        type=_port,
+        default=12111,
+        help="Local Stripe sandbox port (default 12111).",
     )
     parser.add_argument(
-        "--shortener-port", type=int, default=8765, help="Local URL shortener port (default 8765)."
+        "--shortener-port",
+        type=_port,
+        default=8765,
+        help="Local URL shortener port (default 8765).",
     )
     parser.add_argument("--no-demo", action="store_true", help="Do not seed demo data.")
     return parser
 
 
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number (1 to 65535)")
+    return port
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     project = args.project_dir.resolve()
+    missing = [
+        name for name in ("workspace.yaml", "dagster.yaml") if not (project / name).is_file()
+    ]
+    if missing:
+        parser.error(
+            f"{project} is not the project directory (no {' or '.join(missing)}); run this "
+            "where the README is, or pass --project-dir"
+        )
+    try:
+        if uri := os.environ.get("MONGODB_URI"):
+            store.check_scheme(uri)
+    except store.StoreConfigError as error:
+        parser.error(str(error))
     dagster_home = (args.dagster_home or project / ".dagster_home").resolve()
     store_dir = (args.store_dir or project / cli_store.DEV_STORE_DIR).resolve()
     dagster_home.mkdir(parents=True, exist_ok=True)
