@@ -460,11 +460,14 @@ def run_facts(run: DagsterRun | None) -> RunFacts | None:
 def ended_runs_by_key(instance: DagsterInstance, run_keys: Iterable[str]) -> dict[str, DagsterRun]:
     """The finished runs launched under any of ``run_keys``, by key. The daemon never launches a
     key twice, so a run asked for under one of these keys would be dropped."""
-    keys = sorted(set(run_keys))
-    if not keys:
-        return {}
-    runs = instance.get_runs(RunsFilter(tags={RUN_KEY_TAG: keys}))
-    return {run.tags[RUN_KEY_TAG]: run for run in runs if run.is_finished}
+    ended: dict[str, DagsterRun] = {}
+    for key in sorted(set(run_keys)):
+        # One query per key, as the daemon itself looks keys up: a tag IN (...) query plans badly
+        # on a large run table.
+        runs = instance.get_runs(RunsFilter(tags={RUN_KEY_TAG: key}), limit=1)
+        if runs and runs[0].is_finished:
+            ended[key] = runs[0]
+    return ended
 
 
 def _not_launched_before(
@@ -484,6 +487,8 @@ def _not_launched_before(
             kept.append(run_request)
             continue
         for import_id in _import_ids(run_request.run_config):
+            if not ObjectId.is_valid(import_id):
+                continue
             message = queue.relaunch_unclaimed(
                 db, ObjectId(import_id), run.run_id, run.status.value
             )
