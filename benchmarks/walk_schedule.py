@@ -39,7 +39,7 @@ from typing import Any
 
 from stripe_crm_pipelines.billing_import.batches import FetchSettings
 from stripe_crm_pipelines.billing_import.paging import PAGE_SIZE
-from stripe_crm_pipelines.billing_import.rate_limit import BURST_SECONDS, TokenBucket
+from stripe_crm_pipelines.billing_import.rate_limit import TokenBucket
 from stripe_crm_pipelines.billing_import.windows import (
     DEFAULT_CONCURRENCY,
     DEFAULT_FAN_OUT_AFTER_SECONDS,
@@ -143,17 +143,17 @@ def known_listing_schedule(customers: int, latency: float, rate: float) -> Sched
     """The fastest walk that starts as the walk does (sequential pages until it has listed for
     ``fan_out_after_seconds``, at least two) and then knows the listing exactly: the rest is cut
     into windows of whole pages, as even as can be (no partial or empty page), every window is
-    walked one page at a time, and every request takes a token of the same bucket (``rate`` per
-    second, :data:`~stripe_crm_pipelines.billing_import.rate_limit.BURST_SECONDS` of it saved
-    up) and ``latency`` seconds. Tried for every number of windows up to the walk's
-    concurrency; the fastest wins. Computed event by event, without threads or sleeping."""
+    walked one page at a time, and every request takes a token of the import's bucket (``rate``
+    per second, on a simulated clock) and ``latency`` seconds. Tried for every number of windows
+    up to the walk's concurrency; the fastest wins. Computed event by event, without threads or
+    sleeping."""
     sequential = max(2, math.ceil(DEFAULT_FAN_OUT_AFTER_SECONDS / latency - 1e-9))
     pages = math.ceil(customers / PAGE_SIZE)
     if pages <= sequential:
         return Schedule(pages * latency, max(1, pages), 0, pages)
     best: Schedule | None = None
     for windows in range(1, DEFAULT_CONCURRENCY + 1):
-        bucket = _CountedBucket(rate)
+        bucket = _SimulatedBucket(rate)
         now = 0.0
         for _ in range(sequential):
             now = bucket.take(now) + latency
@@ -176,28 +176,24 @@ def known_listing_schedule(customers: int, latency: float, rate: float) -> Sched
     return best
 
 
-class _CountedBucket:
-    """:class:`TokenBucket`'s arithmetic on a given clock, first come first served."""
+class _SimulatedBucket:
+    """The import's :class:`TokenBucket` on a simulated clock, first come first served: a wait
+    for a token moves the clock on instead of sleeping."""
 
     def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self.capacity = max(1.0, rate * BURST_SECONDS)
-        self.tokens = self.capacity
-        self.updated = 0.0
+        self.now = 0.0
         self.taken = 0
+        self._bucket = TokenBucket(rate, clock=lambda: self.now, wait=self._wait)
+
+    def _wait(self, _condition: object, timeout: float | None) -> None:
+        self.now += timeout or 0.0
 
     def take(self, now: float) -> float:
         """When a request asked at ``now`` gets its token."""
-        now = max(now, self.updated)
-        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
+        self.now = max(self.now, now)
+        self._bucket.acquire()
         self.taken += 1
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return now
-        self.updated = now + (1 - self.tokens) / self.rate
-        self.tokens = 0.0
-        return self.updated
+        return self.now
 
 
 def main() -> None:
