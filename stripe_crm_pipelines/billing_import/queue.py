@@ -451,14 +451,14 @@ def relaunch_unclaimed(
         {**PENDING_FILTER, "_id": import_id},
         {
             "$set": {"last_error": ended},
-            "$inc": {"releases": 1, "unclaimed_runs": 1},
-            "$push": {"unclaimed_runs_log": {"run_id": run_id, "status": run_status, "at": now}},
+            "$inc": {"releases": 1},
+            "$push": {"unclaimed_runs": {"run_id": run_id, "status": run_status, "at": now}},
         },
         return_document=ReturnDocument.AFTER,
     )
     if request is None:
         return None
-    count = request.get("unclaimed_runs", 0)
+    count = len(request["unclaimed_runs"])
     if count < MAX_UNCLAIMED_RUNS:
         return f"Import request {import_id}: {ended}; launched again"
     message = f"{ended}; gave up after {count} runs that ended before claiming it"

@@ -141,6 +141,8 @@ def test_a_request_whose_runs_keep_ending_before_claiming_it_is_failed_with_the_
 
     request = db[store.QUEUES].find_one({"_id": import_id})
     assert (request["status"], request["in_progress"]) == ("failed", False)
+    assert [entry["status"] for entry in request["unclaimed_runs"]] == ["FAILURE"] * 3
+    assert request["unclaimed_runs"][-1]["run_id"] == run.run_id
     assert request["error"] == (
         f"Run {run.run_id} ended (FAILURE) before it claimed the request; gave up after 3 runs "
         "that ended before claiming it"
