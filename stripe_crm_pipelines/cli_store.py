@@ -19,7 +19,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
-from urllib.parse import unquote, urlparse
 
 import pymongo.errors
 
@@ -45,13 +44,7 @@ class StoreChoice:
         ``file://.local/store``, whose ``.local`` would be read as a host) is refused."""
         if store.uri_scheme(self.uri) != "file":
             return None
-        parsed = urlparse(self.uri)
-        directory = Path(unquote(parsed.path))
-        if parsed.netloc or not directory.is_absolute():
-            raise store.StoreConfigError(
-                f"MONGODB_URI file:// path must be absolute, got {self.uri!r}"
-            )
-        return directory
+        return store.file_store_directory(self.uri)
 
     def is_missing(self) -> bool:
         """An embedded store whose directory does not exist: nothing was ever written there."""

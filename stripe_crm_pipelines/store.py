@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
+from urllib.parse import unquote, urlparse
 
 import pymongo
 from pymongo import ASCENDING, DESCENDING, IndexModel
@@ -100,6 +101,16 @@ def uri_scheme(uri: str) -> str:
     """The URI's scheme, lower-cased ('' if it has none); never fails on the rest of it."""
     match = _SCHEME.match(uri)
     return match.group(1).lower() if match else ""
+
+
+def file_store_directory(uri: str) -> Path:
+    """The directory of a ``file:///absolute/dir`` store; a relative one (such as
+    ``file://.local/store``, whose ``.local`` would be read as a host) is refused."""
+    parsed = urlparse(uri)
+    directory = Path(unquote(parsed.path))
+    if parsed.netloc or not directory.is_absolute():
+        raise StoreConfigError(f"MONGODB_URI file:// path must be absolute, got {uri!r}")
+    return directory
 
 
 def redact_uri(uri: str) -> str:

@@ -20,13 +20,17 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlparse
 
 import filelock
 import litemongo
 import mongomock
 
-from stripe_crm_pipelines.store import StoreConfigError, WrappedDatabase, shared_client
+from stripe_crm_pipelines.store import (
+    WrappedDatabase,
+    file_store_directory,
+    shared_client,
+    uri_scheme,
+)
 
 WRITE_METHODS = frozenset(
     {
@@ -74,12 +78,9 @@ class WriteLock:
 
 def open_local_database(uri: str, name: str) -> Any:
     """Database ``name`` of a ``file://`` or ``mongomock://`` store."""
-    parsed = urlparse(uri)
-    if parsed.scheme == "mongomock":
+    if uri_scheme(uri) == "mongomock":
         return shared_client(uri, lambda: mongomock.MongoClient(tz_aware=True))[name]
-    directory = Path(unquote(parsed.path))
-    if parsed.netloc or not directory.is_absolute():
-        raise StoreConfigError(f"MONGODB_URI file:// path must be absolute, got {uri!r}")
+    directory = file_store_directory(uri)
     return WrappedDatabase(_embedded_database(directory, name), WriteLock(_store_lock(directory)))
 
 
