@@ -47,9 +47,10 @@ class StoreChoice:
         return store.file_store_directory(self.uri)
 
     def is_missing(self) -> bool:
-        """An embedded store whose directory does not exist: nothing was ever written there."""
+        """An embedded store whose directory does not exist or is empty: nothing was ever
+        written there (opening it would create the store's files)."""
         directory = self.embedded_directory()
-        return directory is not None and not directory.is_dir()
+        return directory is not None and (not directory.is_dir() or not any(directory.iterdir()))
 
 
 def choose_store(cwd: Path | None = None, environ: Mapping[str, str] | None = None) -> StoreChoice:

@@ -90,8 +90,21 @@ def test_reading_a_store_that_does_not_exist_creates_nothing(project, capsys):
     assert not (project / ".local").exists()
 
 
-def test_an_empty_store_is_called_empty(project, capsys):
-    (project / ".local" / "store").mkdir(parents=True)
+def test_an_empty_directory_is_read_as_no_store_and_left_empty(project, capsys):
+    dev_store = project / ".local" / "store"
+    dev_store.mkdir(parents=True)
+
+    code = history.main(["--account", str(ACCOUNT), "--format", "json"])
+
+    out, err = capsys.readouterr()
+    assert code == 0
+    assert out == "[]\n"
+    assert f"warning: there is no store at {dev_store} yet" in err
+    assert list(dev_store.iterdir()) == []
+
+
+def test_a_store_without_collections_is_called_empty(project, capsys):
+    store.connect((project / ".local" / "store").as_uri())[store.QUEUES].drop()
 
     code = history.main(["--account", str(ACCOUNT), "--format", "json"])
 
