@@ -37,7 +37,7 @@ class StoreChoice:
     origin: str
 
     def describe(self) -> str:
-        return f"store: {redact_uri(self.uri)} ({self.origin})"
+        return f"store: {store.redact_uri(self.uri)} ({self.origin})"
 
     def embedded_directory(self) -> Path | None:
         """The directory of an embedded (``file://``) store, else None; a relative one (such as
@@ -87,8 +87,5 @@ def open_store(choice: StoreChoice, err: TextIO):
         # A MongoDB user may read its collections without being allowed to list them.
         empty = False
     if empty:
-        print(f"warning: the store holds no collections ({redact_uri(choice.uri)})", file=err)
+        print(f"warning: the store holds no collections ({store.redact_uri(choice.uri)})", file=err)
     return db
-
-
-redact_uri = store.redact_uri
