@@ -274,9 +274,10 @@ def complete(
     )
     if closed.matched_count == 0:
         return None, False
-    result_id = save_result(db, result_document(outcome, status=COMPLETED, run_id=run_id))
-    db[store.QUEUES].update_one(
-        {"_id": import_id, "claimed_by_run": run_id}, {"$set": {"result_id": result_id}}
+    result_id = _record_result(
+        db,
+        {"_id": import_id, "claimed_by_run": run_id},
+        result_document(outcome, status=COMPLETED, run_id=run_id),
     )
     return result_id, True
 
@@ -311,12 +312,18 @@ def close(
     )
     if closed.matched_count == 0:
         return None
-    result_id = save_result(
-        db, result_document(outcome, status=status, run_id=run_id, error=message)
+    return _record_result(
+        db,
+        {"_id": import_id, "claimed_by_run": run_id},
+        result_document(outcome, status=status, run_id=run_id, error=message),
     )
-    db[store.QUEUES].update_one(
-        {"_id": import_id, "claimed_by_run": run_id}, {"$set": {"result_id": result_id}}
-    )
+
+
+def _record_result(db, request: Mapping[str, Any], document: dict[str, Any]) -> ObjectId:
+    """Save a closed request's result (once per run) and point the request matching
+    ``request`` at it; the result's id."""
+    result_id = save_result(db, document)
+    db[store.QUEUES].update_one(request, {"$set": {"result_id": result_id}})
     return result_id
 
 
@@ -470,10 +477,11 @@ def relaunch_unclaimed(
         return None
     outcome = outcome_so_far(request)
     outcome.finish(now)
-    result_id = save_result(
-        db, result_document(outcome, status=FAILED, run_id=run_id, error=message)
+    _record_result(
+        db,
+        {"_id": import_id},
+        result_document(outcome, status=FAILED, run_id=run_id, error=message),
     )
-    db[store.QUEUES].update_one({"_id": import_id}, {"$set": {"result_id": result_id}})
     return f"Import request {import_id} marked failed: {message}"
 
 
