@@ -88,9 +88,11 @@ def billing_sync_sensor(context: SensorEvaluationContext, mongo: MongoResource):
     # A run that ended before it counted its attempt keeps the state's run key, which the daemon
     # never launches twice: count the attempt here, so the next one gets a key of its own.
     ended = ended_runs_by_key(context.instance, (run.run_key for run in runs if run.run_key))
-    for state, run_request in zip(due, list(runs), strict=True):
+    launch = []
+    for state, run_request in zip(due, runs, strict=True):
         run = ended.get(run_request.run_key or "")
         if run is None:
+            launch.append(run_request)
             continue
         message = (
             f"Run {run.run_id} ended ({run.status.value}) before it started the sync; the next "
@@ -98,7 +100,7 @@ def billing_sync_sensor(context: SensorEvaluationContext, mongo: MongoResource):
         )
         skip_unstarted_attempt(db, state.id, run.run_id, message, now)
         context.log.warning(f"Sync of account {state.account_id} ({state.import_type}): {message}")
-        runs.remove(run_request)
+    runs = launch
     context.log.info(f"Requesting {len(runs)} contact sync run(s)")
     return SensorResult(
         run_requests=runs, dynamic_partitions_requests=[add_account_partitions(account_ids)]
