@@ -622,6 +622,7 @@ def _projection(target: UpsertTarget) -> dict[str, int]:
         "email_key": 1,
         "stripe_customer_id": 1,
         "old_field_values": 1,
+        "stripe_deleted": 1,
     }
     for mapping in target.mappings:
         projection[mapping.crm_path[0]] = 1
@@ -634,17 +635,23 @@ def _update_existing(
     email_key: str | None,
     target: UpsertTarget,
 ) -> dict[str, Any]:
+    """The update that writes ``mapped`` onto ``contact``. A contact a sync archived
+    (``stripe_deleted``) that a live customer now writes is live again, in the same write."""
     if not target.mappings:
-        return {"$set": {"stripe_customer_id": mapped["stripe_customer_id"]}}
-    values = set_fields(mapped)
-    if values.get("email") is None:
-        # Stripe has no email for this customer: keep the contact's.
-        values.pop("email", None)
+        update: dict[str, Any] = {"$set": {"stripe_customer_id": mapped["stripe_customer_id"]}}
     else:
-        values["email_key"] = email_key
-    values = _settable(values, contact)
-    values["old_field_values"] = old_field_values(contact, target.mappings)
-    return {"$set": values}
+        values = set_fields(mapped)
+        if values.get("email") is None:
+            # Stripe has no email for this customer: keep the contact's.
+            values.pop("email", None)
+        else:
+            values["email_key"] = email_key
+        values = _settable(values, contact)
+        values["old_field_values"] = old_field_values(contact, target.mappings)
+        update = {"$set": values}
+    if contact.get("stripe_deleted"):
+        update["$unset"] = {"stripe_deleted": "", "stripe_deleted_at": ""}
+    return update
 
 
 def _create(

@@ -10,7 +10,8 @@ changes nothing, because a customer whose contact already holds its values is le
 
 Deletion policies: ``keep`` leaves the contact of a deleted customer as it is; ``archive`` sets
 ``stripe_deleted: true`` and ``stripe_deleted_at`` (when Stripe deleted it). Nothing is ever
-deleted from the CRM.
+deleted from the CRM. An archived contact that a live customer writes again (a new customer
+with its email), by a sync or an import, loses both fields in that same write.
 
 Every run writes a ``contact_import_results`` document named ``stripe-sync`` with its counts and
 the Stripe requests it used.
@@ -266,7 +267,6 @@ def apply_changes(
         outcome.import_errors_count += len(result.errors)
         room = MAX_LISTED_ERRORS - len(outcome.importerrors)
         outcome.importerrors.extend(error.as_document() for error in result.errors[:room])
-        restore_archived(contacts, target, [change.stripe_customer_id for change in plan.planned])
     deleted = [change for change in changes if change.deleted]
     if state.deletion_policy == "archive":
         outcome.records_archived += archive_contacts(contacts, target, deleted)
@@ -305,7 +305,10 @@ def _drop_unchanged(
 def holds_customer(
     contact: Mapping[str, Any], customer: Mapping[str, Any], target: UpsertTarget
 ) -> bool:
-    """Whether ``contact`` already has every value a sync of ``customer`` would write."""
+    """Whether ``contact`` already has every value a sync of ``customer`` would write; an
+    archived contact does not (the write makes it live again)."""
+    if contact.get("stripe_deleted"):
+        return False
     try:
         values = set_fields(map_customer(customer, target.mappings))
     except ValueError:
@@ -342,19 +345,6 @@ def archive_contacts(contacts, target: UpsertTarget, deleted: Sequence[CustomerC
     except BulkWriteError as error:
         outcome = error.details
     return outcome.get("nMatched", 0)
-
-
-def restore_archived(contacts, target: UpsertTarget, customer_ids: Sequence[str]) -> None:
-    """An archived contact that a live customer now writes (matched by email) is live again."""
-    if customer_ids:
-        contacts.update_many(
-            {
-                **target.scope(),
-                "stripe_customer_id": {"$in": list(customer_ids)},
-                "stripe_deleted": True,
-            },
-            {"$unset": {"stripe_deleted": "", "stripe_deleted_at": ""}},
-        )
 
 
 def describe_failure(error: Exception) -> str:

@@ -595,6 +595,53 @@ def test_an_archived_contact_taken_by_a_new_customer_with_its_email_is_live_agai
     assert "stripe_deleted" not in contact and "stripe_deleted_at" not in contact
 
 
+def test_a_full_import_that_writes_an_archived_contact_makes_it_live_again(
+    db, mongo_uri, sandbox, instance, stripe_client_factory
+):
+    gone = sandbox.state.add_customer(CONNECTED_ACCOUNT, email="shared@example.com")
+    account_id = keep_in_sync(db, mongo_uri, sandbox, instance, deletion_policy="archive")
+    editor = sandbox_client(stripe_client_factory)
+    editor.v1.customers.delete(gone["id"])
+    sync(db, sandbox, account_id)
+    contact_id = contact_of(db, gone["id"])["_id"]
+    successor = editor.v1.customers.create(params={"email": "shared@example.com"})
+
+    # The account is imported again (as the resync of a stale cursor does) before a sync.
+    again = add_request(
+        db, account_id, mappings=SEED_MAPPINGS, keep_in_sync=True, deletion_policy="archive"
+    )
+    assert run_import(mongo_uri, sandbox, again, instance).success
+
+    contact = db[store.CONTACTS].find_one({"_id": contact_id})
+    assert contact["stripe_customer_id"] == successor.id
+    assert "stripe_deleted" not in contact and "stripe_deleted_at" not in contact
+    # The next sync of the successor's event finds the contact as it should be.
+    assert sync(db, sandbox, account_id).status == "completed"
+    assert "stripe_deleted" not in db[store.CONTACTS].find_one({"_id": contact_id})
+
+
+def test_an_archived_contact_already_holding_a_live_customers_values_is_made_live(
+    db, mongo_uri, sandbox, instance, stripe_client_factory
+):
+    """A contact left archived though it holds a live customer (a write that stopped half way in
+    an earlier version, or a hand edit) is not taken for unchanged by that customer's events."""
+    ada = sandbox.state.add_customer(CONNECTED_ACCOUNT, email="ada@example.com")
+    account_id = keep_in_sync(db, mongo_uri, sandbox, instance, deletion_policy="archive")
+    db[store.CONTACTS].update_one(
+        {"stripe_customer_id": ada["id"]},
+        {"$set": {"stripe_deleted": True, "stripe_deleted_at": datetime.now(UTC)}},
+    )
+    sandbox_client(stripe_client_factory).v1.customers.update(
+        ada["id"], params={"metadata": {"note": "no mapped field changes"}}
+    )
+
+    outcome = sync(db, sandbox, account_id)
+
+    assert (outcome.records_updated, outcome.records_unchanged) == (1, 0)
+    contact = contact_of(db, ada["id"])
+    assert "stripe_deleted" not in contact and "stripe_deleted_at" not in contact
+
+
 def test_a_request_may_set_the_sync_interval(db):
     account_id = ObjectId()
 
