@@ -26,8 +26,17 @@ from stripe_crm_pipelines import store
 from stripe_crm_pipelines.billing_import import queue
 from stripe_crm_pipelines.billing_import.rate_limit import bucket_for_key
 from stripe_crm_pipelines.billing_import.requests import CONTACT_TYPES
-from stripe_crm_pipelines.billing_sync.state import load_sync_state, start_sync_attempt
-from stripe_crm_pipelines.billing_sync.syncer import SyncOutcome, record_failed_sync, run_sync
+from stripe_crm_pipelines.billing_sync.state import (
+    SyncState,
+    load_sync_state,
+    start_sync_attempt,
+)
+from stripe_crm_pipelines.billing_sync.syncer import (
+    SyncOutcome,
+    finished_sync,
+    record_failed_sync,
+    run_sync,
+)
 from stripe_crm_pipelines.catalog import account_events, ensure_account_partition
 from stripe_crm_pipelines.resources import MongoResource, StripeResource
 from stripe_crm_pipelines.resources.stripe import RequestStats
@@ -36,8 +45,10 @@ from stripe_crm_pipelines.stripe_keys import StripeKeyError, load_billing_creden
 SYNC_RETRY_POLICY = RetryPolicy(
     max_retries=2, delay=2, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
 )
-"""Retries after a transient Stripe or MongoDB failure; the cursor has not moved, so a retry
-reads the same events and re-applies what was already written without change."""
+"""Retries after a transient Stripe or MongoDB failure. Before the cursor moved, a retry reads
+the same events and re-applies what was already written without change; after (recording the
+run in the catalog failed), it records the outcome the earlier attempt saved
+(:func:`~stripe_crm_pipelines.billing_sync.syncer.finished_sync`)."""
 
 
 class SyncRunConfig(Config):
@@ -83,6 +94,56 @@ def sync_billing_contacts(
             "completed import with keep_in_sync: true creates it",
             allow_retries=False,
         )
+    outcome = finished_sync(db, state, context.run_id) if context.retry_number else None
+    if outcome is not None:
+        context.log.info(
+            f"Attempt {context.retry_number + 1}: an earlier attempt of this run synced account "
+            f"{account_id} and moved its cursor; recording that sync in the catalog"
+        )
+    else:
+        outcome = _sync(context, config, db, state, stripe)
+        if outcome is None:
+            return
+    metadata = sync_metadata(outcome)
+    if outcome.status == "failed":
+        context.log.error(f"Sync of {config.import_type} of account {account_id} failed: "
+                          f"{outcome.error}")  # fmt: skip
+        if outcome.failure is not None:
+            raise Failure(
+                description=outcome.error, metadata=metadata, allow_retries=False
+            ) from outcome.failure
+        raise Failure(description=outcome.error, metadata=metadata, allow_retries=outcome.transient)
+    if outcome.status == "resync_queued":
+        context.log.warning(outcome.error)
+    else:
+        ensure_account_partition(context.instance, account_id)
+        for event in account_events(
+            db,
+            account_id,
+            contact_type,
+            description=f"Stripe {contact_type} sync: {outcome.events_read} event(s)",
+            metadata=metadata,
+            written_customer_ids=None if outcome.resumed else outcome.written_customer_ids,
+        ):
+            context.log_event(event)
+        context.log.info(
+            f"Synced {outcome.events_read} event(s) of {outcome.customers_changed} customer(s): "
+            f"{outcome.records_added} added, {outcome.records_updated} updated, "
+            f"{outcome.records_archived} archived, {outcome.records_unchanged} already up to "
+            f"date; {outcome.stripe_requests} Stripe request(s)"
+        )
+    context.add_output_metadata(metadata)
+
+
+def _sync(
+    context: OpExecutionContext,
+    config: SyncRunConfig,
+    db,
+    state: SyncState,
+    stripe: StripeResource,
+) -> SyncOutcome | None:
+    """Count the attempt and run the engine; None when an import holds the account."""
+    account_id = state.account_id
     start_sync_attempt(db, state.id, context.run_id, datetime.now(UTC))
     importing = queue.others_working_on(db, account_id, context.run_id)
     if importing:
@@ -95,47 +156,20 @@ def sync_billing_contacts(
         context.add_output_metadata(
             {"status": MetadataValue.text("deferred"), "deferred_by": MetadataValue.text(message)}
         )
-        return
+        return None
     try:
         credentials = load_billing_credentials(db, account_id)
     except StripeKeyError as error:
-        outcome = record_failed_sync(db, state, str(error), run_id=context.run_id)
-    else:
-        stats = RequestStats()
-        limiter = bucket_for_key(credentials.secret_key, config.requests_per_second)
-        client = stripe.client(
-            credentials.secret_key,
-            credentials.stripe_account,
-            stats=stats,
-            before_request=limiter.acquire,
-        )
-        outcome = run_sync(db, client, state, run_id=context.run_id, stats=stats)
-
-    metadata = sync_metadata(outcome)
-    if outcome.status == "failed":
-        context.log.error(f"Sync of {config.import_type} of account {account_id} failed: "
-                          f"{outcome.error}")  # fmt: skip
-        raise Failure(description=outcome.error, metadata=metadata, allow_retries=outcome.transient)
-    if outcome.status == "resync_queued":
-        context.log.warning(outcome.error)
-    else:
-        ensure_account_partition(context.instance, account_id)
-        for event in account_events(
-            db,
-            account_id,
-            contact_type,
-            description=f"Stripe {contact_type} sync: {outcome.events_read} event(s)",
-            metadata=metadata,
-            written_customer_ids=outcome.written_customer_ids,
-        ):
-            context.log_event(event)
-        context.log.info(
-            f"Synced {outcome.events_read} event(s) of {outcome.customers_changed} customer(s): "
-            f"{outcome.records_added} added, {outcome.records_updated} updated, "
-            f"{outcome.records_archived} archived, {outcome.records_unchanged} already up to "
-            f"date; {outcome.stripe_requests} Stripe request(s)"
-        )
-    context.add_output_metadata(metadata)
+        return record_failed_sync(db, state, str(error), run_id=context.run_id)
+    stats = RequestStats()
+    limiter = bucket_for_key(credentials.secret_key, config.requests_per_second)
+    client = stripe.client(
+        credentials.secret_key,
+        credentials.stripe_account,
+        stats=stats,
+        before_request=limiter.acquire,
+    )
+    return run_sync(db, client, state, run_id=context.run_id, stats=stats)
 
 
 def sync_metadata(outcome: SyncOutcome) -> dict[str, Any]:

@@ -98,7 +98,13 @@ class SyncOutcome:
     """Whether the failure may go away by itself (the run may retry)."""
     resync_import_id: ObjectId | None = None
     written_customer_ids: list[str] = field(default_factory=list)
-    """Customers this sync expects a contact for: written, or already up to date."""
+    """Customers this sync expects a contact for: written, or already up to date (not known, so
+    empty, when ``resumed``)."""
+    failure: BaseException | None = field(default=None, repr=False)
+    """The unexpected exception behind a failure (not a Stripe or MongoDB error), for the run
+    page's traceback; never saved."""
+    resumed: bool = False
+    """Read back from the result an earlier attempt of the run saved (:func:`finished_sync`)."""
 
     @property
     def duration_seconds(self) -> float:
@@ -154,11 +160,12 @@ def run_sync(
 ) -> SyncOutcome:
     """Sync one state: read events after its cursor, write the changes, then move the cursor.
 
-    Never raises for Stripe or MongoDB errors: a failure is recorded on the state
-    (``last_error``) and in the result, with the cursor left where it was; a stale cursor queues
-    a full import (``reason: 'resync'``). ``stats`` is the request counter ``client`` was built
-    with (:meth:`~stripe_crm_pipelines.resources.StripeResource.client`), for the reads
-    accounting; ``now`` (epoch seconds) is the clock the cursor's age is judged by.
+    Never raises: a failure (Stripe, MongoDB, or an event or mapping this code cannot read) is
+    recorded on the state (``last_error``) and in the result, with the cursor left where it was;
+    a stale cursor queues a full import (``reason: 'resync'``). ``stats`` is the request
+    counter ``client`` was built with
+    (:meth:`~stripe_crm_pipelines.resources.StripeResource.client`), for the reads accounting;
+    ``now`` (epoch seconds) is the clock the cursor's age is judged by.
     """
     outcome = new_outcome(state, run_id)
     try:
@@ -178,9 +185,47 @@ def run_sync(
         outcome.transient = is_transient(error)
         outcome.error = describe_failure(error)
         record_sync_error(db, state.id, outcome.error, datetime.now(UTC))
+    except Exception as error:
+        # An event page or mapping this code cannot read (it will not read better next time):
+        # recorded where people look, the cursor unmoved.
+        outcome.status = "failed"
+        outcome.error = f"Sync failed unexpectedly: {type(error).__name__}: {error}"
+        outcome.failure = error
+        record_sync_error(db, state.id, outcome.error, datetime.now(UTC))
     outcome.stripe_requests = stats.requests
     outcome.stripe_retries = stats.retries
     finish(db, outcome)
+    return outcome
+
+
+def finished_sync(db, state: SyncState, run_id: str) -> SyncOutcome | None:
+    """The outcome an earlier attempt of run ``run_id`` saved once it had moved the cursor (or
+    queued a resync), read back from its result; None if no attempt got that far. A retry of the
+    run records that outcome rather than syncing again: the events are behind the cursor now,
+    and a second pass would replace the result with an empty one. The customers it wrote are
+    not in the result: the outcome is ``resumed``, without them."""
+    document = db[store.IMPORT_RESULTS].find_one(
+        {
+            "name": SYNC_RESULT_NAME,
+            "run_id": run_id,
+            "account_id": str(state.account_id),
+            "type": state.contact_type,
+            "status": {"$in": ["completed", "resync_queued"]},
+        }
+    )
+    if document is None:
+        return None
+    outcome = new_outcome(state, run_id)
+    for name in outcome.counts():
+        setattr(outcome, name, document.get(name, 0))
+    outcome.status = document["status"]
+    outcome.started_at = document["started_at"]
+    outcome.finished_at = document["finished_at"]
+    outcome.stripe_retries = document.get("stripe_retries", 0)
+    outcome.importerrors = list(document.get("importerrors", []))
+    outcome.error = document.get("error")
+    outcome.resync_import_id = document.get("resync_import_id")
+    outcome.resumed = True
     return outcome
 
 

@@ -15,8 +15,9 @@ from dagster import (
     SkipReason,
     build_sensor_context,
 )
+from pymongo.errors import AutoReconnect
 
-from stripe_crm_pipelines import store
+from stripe_crm_pipelines import catalog, store
 from stripe_crm_pipelines.billing_import import queue, tags
 from stripe_crm_pipelines.billing_sync.job import billing_contact_sync
 from stripe_crm_pipelines.billing_sync.sensor import billing_sync_sensor
@@ -382,3 +383,35 @@ def test_a_state_whose_account_lost_its_key_still_gets_a_run_to_say_so(db, mongo
     [run] = evaluate(mongo_uri).run_requests
 
     assert run.tags[tags.STRIPE_ACCOUNT] == "none"
+
+
+def test_a_retry_after_the_cursor_moved_records_the_sync_it_made_not_an_empty_one(
+    db, mongo_uri, sandbox, instance, stripe_client_factory, monkeypatch
+):
+    ada = sandbox.state.add_customer(CONNECTED_ACCOUNT, email="ada@example.com")
+    account_id = keep_in_sync(db, mongo_uri, sandbox, instance)
+    stripe_client_factory(CONNECTED_ACCOUNT).v1.customers.update(
+        ada["id"], params={"address": {"city": "Porto"}}
+    )
+    real = catalog.uniqueness_checks
+    calls = []
+
+    def fails_once(*args, **kwargs):
+        # The store steps down while the run records its partition, after the cursor moved.
+        calls.append(1)
+        if len(calls) == 1:
+            raise AutoReconnect("primary stepped down")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(catalog, "uniqueness_checks", fails_once)
+
+    result = run_sync_job(mongo_uri, sandbox, account_id, instance)
+
+    assert result.success and len(calls) == 2
+    assert db[store.CONTACTS].find_one({"stripe_customer_id": ada["id"]})["address"]["city"] == (
+        "Porto"
+    )
+    [saved] = db[store.IMPORT_RESULTS].find({"name": "stripe-sync", "run_id": result.run_id})
+    assert (saved["events_read"], saved["records_updated"]) == (1, 1)
+    materialized = result.asset_materializations_for_node("sync_billing_contacts")
+    assert [m.metadata["records_updated"].value for m in materialized] == [1]

@@ -488,6 +488,31 @@ def test_a_revoked_key_fails_clearly_and_the_state_says_so(
     assert (result["status"], result["error"]) == ("failed", outcome.error)
 
 
+def test_an_event_the_sync_cannot_read_fails_it_clearly_and_leaves_the_cursor(
+    db, mongo_uri, sandbox, instance, stripe_client_factory
+):
+    ada = sandbox.state.add_customer(CONNECTED_ACCOUNT, email="ada@example.com")
+    account_id = keep_in_sync(db, mongo_uri, sandbox, instance)
+    before = load_sync_state(db, account_id, "person")
+    sandbox_client(stripe_client_factory).v1.customers.update(
+        ada["id"], params={"address": {"city": "Paris"}}
+    )
+    with sandbox.state.lock:  # the server sends an event without its customer's id
+        events = sandbox.state.api.account(CONNECTED_ACCOUNT).events
+        del next(iter(events.newest_first()))["data"]["object"]["id"]
+
+    outcome = sync(db, sandbox, account_id)
+
+    assert outcome.status == "failed" and not outcome.transient
+    assert outcome.error == "Sync failed unexpectedly: KeyError: 'id'"
+    after = load_sync_state(db, account_id, "person")
+    assert after.last_error == outcome.error
+    assert after.events_cursor == before.events_cursor
+    result = db[store.IMPORT_RESULTS].find_one({"name": "stripe-sync", "run_id": outcome.run_id})
+    assert (result["status"], result["error"]) == ("failed", outcome.error)
+    assert contact_of(db, ada["id"]).get("address", {}).get("city") is None
+
+
 def test_two_accounts_sync_at_once_each_with_its_own_changes(
     db, mongo_uri, sandbox, instance, stripe_client_factory
 ):
