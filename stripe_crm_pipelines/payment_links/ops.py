@@ -175,7 +175,7 @@ def find_or_create_stripe_customer(
             db,
             contact,
             create=create,
-            idempotency_key=idempotency_key(context.run_id, "customer"),
+            idempotency_key=idempotency_key(_writes_run_id(context), "customer"),
         )
     if not resolved.linked:
         context.log.warning(
@@ -207,6 +207,7 @@ def create_finalized_invoice(
         request,
         customer,
         run_id=context.run_id,
+        writes_run_id=_writes_run_id(context),
         may_retry=_may_retry(context),
         log=context.log,
     )
@@ -273,21 +274,38 @@ def issue_invoice(
     customer: ResolvedCustomer,
     *,
     run_id: str,
+    writes_run_id: str,
     may_retry: bool,
     log,
 ) -> IssuedInvoice:
     """Create the draft, attach every item, finalise without sending.
 
+    The writes' idempotency keys are those of ``writes_run_id``, the run this one re-executes
+    (its own id otherwise), so a re-execution gets back the invoice the first run created: if
+    that one is open already, it is the one published; if it was deleted, the re-execution
+    starts a new one with keys of its own.
+
     A failure after the draft exists deletes it, unless the error is transient and the op will
-    be retried: the retry then replays the same idempotent writes and carries on.
+    be retried: the retry then replays the same idempotent writes and carries on. When the
+    answer to the finalisation was lost, the invoice is looked up first: finalised, it is used.
     """
-    with _failures_from_calls("creating the draft invoice", may_retry=may_retry):
-        draft = client.v1.invoices.create(
-            params=invoice_params(
-                request, customer_id=customer.customer_id, contact_name=customer.contact_name
-            ),
-            options={"idempotency_key": idempotency_key(run_id, "invoice")},
-        )
+    keys = writes_run_id
+    draft = _create_draft(client, request, customer, keys, may_retry=may_retry)
+    if writes_run_id != run_id:
+        current = _current_invoice(client, draft.id)
+        if current is None:
+            log.info(f"Draft invoice {draft.id} of run {writes_run_id} was deleted; starting anew")
+            keys = run_id
+            draft = _create_draft(client, request, customer, keys, may_retry=may_retry)
+        elif current.status == "open":
+            log.info(f"Invoice {draft.id} was finalised by run {writes_run_id}; publishing it")
+            return _issued(current)
+        elif current.status != "draft":
+            raise Failure(
+                description=f"Invoice {draft.id}, created by run {writes_run_id}, is "
+                f"{current.status}; launch a new run to bill the contact again",
+                allow_retries=False,
+            )
     step = "finalizing the invoice"
     try:
         for index, item in enumerate(request.line_items):
@@ -299,36 +317,67 @@ def issue_invoice(
                     customer_id=customer.customer_id,
                     currency=request.currency,
                 ),
-                options={"idempotency_key": idempotency_key(run_id, f"item:{index}")},
+                options={"idempotency_key": idempotency_key(keys, f"item:{index}")},
             )
         step = "finalizing the invoice"
         final = client.v1.invoices.finalize_invoice(
             draft.id,
             params={"auto_advance": False},
-            options={"idempotency_key": idempotency_key(run_id, "finalize")},
+            options={"idempotency_key": idempotency_key(keys, "finalize")},
         )
     except stripe_sdk.StripeError as error:
         if may_retry and is_transient(error):
             raise _stripe_failure(error, step, allow_retries=True) from None
-        _delete_draft(client, draft.id, log)
+        current = _current_invoice(client, draft.id) if is_transient(error) else None
+        if current is not None and current.status == "open":
+            log.warning(f"The answer to {step} was lost; invoice {draft.id} is finalised")
+            return _issued(current)
+        deleted = _delete_draft(client, draft.id, log)
+        outcome = "was deleted" if deleted else "could not be deleted; see the run's log"
         raise _stripe_failure(
-            error, f"{step}; the draft invoice {draft.id} was deleted", allow_retries=False
+            error, f"{step}; the draft invoice {draft.id} {outcome}", allow_retries=False
         ) from None
+    return _issued(final)
+
+
+def _create_draft(client, request, customer, keys: str, *, may_retry: bool):
+    with _failures_from_calls("creating the draft invoice", may_retry=may_retry):
+        return client.v1.invoices.create(
+            params=invoice_params(
+                request, customer_id=customer.customer_id, contact_name=customer.contact_name
+            ),
+            options={"idempotency_key": idempotency_key(keys, "invoice")},
+        )
+
+
+def _current_invoice(client: stripe_sdk.StripeClient, invoice_id: str):
+    """The invoice as Stripe holds it now; None once deleted (or when it cannot be read)."""
+    try:
+        invoice = client.v1.invoices.retrieve(invoice_id)
+    except stripe_sdk.StripeError:
+        return None
+    return None if getattr(invoice, "deleted", False) else invoice
+
+
+def _issued(invoice) -> IssuedInvoice:
     return IssuedInvoice(
-        invoice_id=final.id,
-        number=final.number,
-        hosted_invoice_url=final.hosted_invoice_url,
-        amount_due=final.amount_due,
-        currency=final.currency,
-        status=final.status,
+        invoice_id=invoice.id,
+        number=invoice.number,
+        hosted_invoice_url=invoice.hosted_invoice_url,
+        amount_due=invoice.amount_due,
+        currency=invoice.currency,
+        status=invoice.status,
     )
 
 
-def _delete_draft(client: stripe_sdk.StripeClient, invoice_id: str, log) -> None:
+def _delete_draft(client: stripe_sdk.StripeClient, invoice_id: str, log) -> bool:
+    """Delete the draft; whether it is gone."""
     try:
         client.v1.invoices.delete(invoice_id)
     except stripe_sdk.StripeError as error:
         log.error(f"Could not delete draft invoice {invoice_id}: {stripe_error_message(error)}")
+        return False
+    return True
 
 
 def _load_contact(db, request: PaymentLinkRequest) -> dict:
@@ -352,6 +401,13 @@ def _stripe_credentials(db, request: PaymentLinkRequest) -> StripeCredentials:
 def _stripe_client(db, resource: StripeResource, request: PaymentLinkRequest):
     credentials = _stripe_credentials(db, request)
     return resource.client(credentials.secret_key, credentials.stripe_account)
+
+
+def _writes_run_id(context: OpExecutionContext) -> str:
+    """The run whose idempotency keys this run's Stripe writes use: the first run of a
+    re-execution chain, so re-executing a failed run replays its writes instead of billing the
+    contact a second time."""
+    return context.run.root_run_id or context.run_id
 
 
 def _may_retry(context: OpExecutionContext) -> bool:

@@ -446,6 +446,93 @@ def test_an_op_retried_after_a_lost_response_creates_everything_once(env, fault,
         assert [write["replayed"] for write in writes].count(True) == 1
 
 
+def test_a_finalisation_whose_answer_is_lost_every_time_publishes_the_open_invoice(env):
+    env.sandbox.state.inject_fault(
+        kind="reset", endpoint="POST /v1/invoices/*/finalize", after_effect=True, count=100
+    )
+
+    result = run_job(env, job_config(env), stripe_retries=0, stripe_timeout=1)
+
+    assert result.success, failure_description(result)
+    [invoice] = env.invoices()
+    assert invoice["status"] == "open"
+    assert env.requests(method="DELETE") == []
+    [link] = env.db[store.PAYMENT_LINKS].find()
+    assert link["invoice_id"] == invoice["id"]
+
+
+def test_a_draft_that_cannot_be_deleted_is_not_said_to_be(env):
+    env.sandbox.state.inject_fault(endpoint="DELETE /v1/invoices/*", status=500, count=100)
+    config = job_config(env, line_items=[{"price_id": "price_does_not_exist", "quantity": 1}])
+
+    result = run_job(env, config, stripe_retries=0)
+
+    assert not result.success
+    description = failure_description(result)
+    [invoice] = env.invoices()
+    assert invoice["status"] == "draft"
+    assert f"the draft invoice {invoice['id']} could not be deleted" in description
+    assert "was deleted" not in description
+
+
+def make_reexecutable_job():
+    """``create_payment_link`` with the resources of ``PAYMENT_LINK_TEST_*``, read when a run
+    starts (a re-execution loads the job by reference, so its resources cannot be passed in)."""
+    from dagster import EnvVar, in_process_executor
+
+    return create_payment_link.graph.to_job(
+        name="create_payment_link",
+        executor_def=in_process_executor,
+        resource_defs={
+            "mongo": MongoResource(uri=EnvVar("PAYMENT_LINK_TEST_MONGO_URI")),
+            "stripe": StripeResource(
+                api_base=EnvVar("PAYMENT_LINK_TEST_STRIPE_URL"),
+                max_retries=0,
+                timeout_seconds=1,
+                initial_retry_delay_seconds=0.01,
+            ),
+            "shortener": ShortenerResource(),
+            "crm_api": CrmApiResource(),
+        },
+    )
+
+
+@pytest.mark.parametrize("first_run", ["finalised", "deleted"])
+def test_re_executing_a_failed_run_bills_the_contact_once(env, monkeypatch, tmp_path, first_run):
+    from dagster import ReexecutionOptions, execute_job, reconstructable
+
+    monkeypatch.setenv("PAYMENT_LINK_TEST_MONGO_URI", env.mongo_uri)
+    monkeypatch.setenv("PAYMENT_LINK_TEST_STRIPE_URL", env.sandbox.url)
+    instance = DagsterInstance.local_temp(str(tmp_path))
+    job = reconstructable(make_reexecutable_job)
+    if first_run == "finalised":
+        # Finalised, but every answer lost and the invoice unreadable: the run cannot tell.
+        env.sandbox.state.inject_fault(
+            kind="reset", endpoint="POST /v1/invoices/*/finalize", after_effect=True, count=100
+        )
+        env.sandbox.state.inject_fault(endpoint="GET /v1/invoices/*", status=500, count=100)
+    else:
+        # An item Stripe refuses once: the first run deletes its draft.
+        env.sandbox.state.inject_fault(endpoint="POST /v1/invoiceitems", status=400, count=1)
+    run_config = {"ops": {FIRST_OP: {"config": job_config(env)}}}
+    with execute_job(job, instance, run_config=run_config) as first:
+        assert not first.success
+    env.sandbox.state.clear_faults()
+
+    options = ReexecutionOptions.from_failure(first.run_id, instance)
+    with execute_job(job, instance, reexecution_options=options) as second:
+        assert second.success
+        assert second.dagster_run.root_run_id == first.run_id
+
+    invoices = env.invoices()
+    [link] = env.db[store.PAYMENT_LINKS].find()
+    assert [i["status"] for i in invoices if i["status"] != "deleted"] == ["open"]
+    [open_invoice] = [i for i in invoices if i["status"] == "open"]
+    assert link["invoice_id"] == open_invoice["id"]
+    assert len(open_invoice["lines"]["data"]) == 2
+    assert len(env.sandbox.state.customers(STRIPE_ACCOUNT)) == 1
+
+
 # --- the shortener -------------------------------------------------------------------------------
 
 
