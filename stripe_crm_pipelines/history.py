@@ -114,7 +114,7 @@ def history_frame(documents: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
 
 
 def _history_record(document: Mapping[str, Any]) -> dict[str, Any]:
-    errors = document.get("import_errors_count")
+    errors = document.get("import_errors_count", document.get("revert_errors_count"))
     if errors is None and isinstance(document.get("importerrors"), list):
         errors = len(document["importerrors"])
     name = str(document.get("name") or "stripe")

@@ -339,7 +339,11 @@ def ensure_indexes(db) -> None:
         ]
     )
     db[IMPORT_CHANGES].create_indexes(
-        [IndexModel([("import_id", ASCENDING), ("_id", ASCENDING)], name="by_import")]
+        [
+            IndexModel([("import_id", ASCENDING), ("_id", ASCENDING)], name="by_import"),
+            # A revert looks for later imports' changes of its contacts.
+            IndexModel([("contact_id", ASCENDING), ("_id", ASCENDING)], name="by_contact"),
+        ]
     )
     db[PAYMENT_LINKS].create_indexes(
         [IndexModel([("account_id", ASCENDING), ("contact_id", ASCENDING)], name="by_contact")]

@@ -6,10 +6,15 @@ in batches of :data:`REVERT_BATCH_SIZE`: one query reads the batch's contacts, o
 ``bulk_write`` writes them back.
 
 * A field whose value is still the one the import wrote goes back to its value before (or is
-  removed, if the contact did not have it). A field changed since is left alone and counted as a
+  removed, if the contact did not have it). A field changed since, by a person or by a later
+  import that is not reverted (even to the same value), is left alone and counted as a
   conflict; one already back at its value before (an interrupted revert run again) is left as is.
 * A contact the import created is removed when nobody changed it since; one edited since is kept
   and counted as a conflict.
+* Each write applies only to the contact as it was read; one changed in between (by a person, an
+  import or a sync) is left as changed and counted as a conflict.
+* A write that fails is listed in the result, which is then ``failed``; the request is not
+  stamped, so the import can be reverted again once the cause is fixed.
 
 The import's bookkeeping fields follow the rest silently: ``old_field_values`` goes back when
 untouched since, ``email_key`` only when it matches the contact's email after the revert.
@@ -43,6 +48,9 @@ REVERT_BATCH_SIZE = 1000
 MAX_LISTED = 1000
 """Conflict and error rows kept in the result document; the counts stay exact beyond it."""
 EDITED_SINCE_CREATED = "edited since the import created it"
+CHANGED_DURING_REVERT = "changed while the revert ran"
+_UNSET = object()
+"""A path an update removes, in :attr:`RevertPlan.expected`."""
 
 
 class RevertRefused(ValueError):
@@ -73,6 +81,14 @@ class RevertOutcome:
     finished_at: datetime | None = None
     result_id: ObjectId | None = None
 
+    def failure_message(self) -> str:
+        """Why a revert with write errors is not done; the import stays revertable."""
+        return (
+            f"{self.errors} contact write(s) failed (see revert_errors); the import is not "
+            "marked reverted: fix the cause and revert it again, which leaves what this revert "
+            "put back as it is"
+        )
+
     def counts(self) -> dict[str, int]:
         return {
             "records_restored": self.records_restored,
@@ -93,13 +109,16 @@ class RevertPlan:
     """The contact of ``operations[i]``."""
     fields: list[int] = field(default_factory=list)
     """Fields ``operations[i]`` puts back (0 for a removal)."""
+    expected: list[dict[str, Any] | None] = field(default_factory=list)
+    """What ``operations[i]`` leaves at each path it writes; None for a removal."""
     conflicts: list[dict[str, Any]] = field(default_factory=list)
 
 
 def revert_import(
     db, import_id: ObjectId, *, run_id: str | None, batch_size: int = REVERT_BATCH_SIZE
 ) -> RevertOutcome:
-    """Undo the completed import ``import_id``, record the revert and mark the request reverted.
+    """Undo the completed import ``import_id``, record the revert and, when every write went
+    through, mark the request reverted (after write errors it may be reverted again).
 
     Raises :class:`RevertRefused` (before any write) when the import cannot be reverted.
     """
@@ -120,15 +139,54 @@ def revert_import(
     for batch in _chunks(entries, batch_size):
         ids = list({entry["contact_id"] for entry in batch})
         current = contacts.find({"_id": {"$in": ids}, "parent_account": outcome.account_id})
-        plan = plan_revert(batch, current)
+        plan = plan_revert(batch, current, later_changes(db, import_id, batch))
         _write(contacts, plan, outcome)
         outcome.changes_read += len(batch)
     outcome.finished_at = datetime.now(UTC)
     outcome.result_id = (
         db[store.IMPORT_RESULTS].insert_one(revert_result_document(outcome, run_id)).inserted_id
     )
-    queue.mark_reverted(db, import_id, outcome.finished_at, outcome.result_id)
+    if outcome.errors == 0:
+        queue.mark_reverted(db, import_id, outcome.finished_at, outcome.result_id)
     return outcome
+
+
+def later_changes(
+    db, import_id: ObjectId, batch: list[Mapping[str, Any]]
+) -> dict[ObjectId, list[tuple[ObjectId, set[str]]]]:
+    """Per contact of ``batch``, the fields other imports (not reverted) changed after this
+    one's entries: ``(entry _id, fields)``. Such a field is the later import's, even if it holds
+    the value this import wrote."""
+    oldest = min(entry["_id"] for entry in batch)
+    found = list(
+        db[store.IMPORT_CHANGES].find(
+            {
+                "contact_id": {"$in": list({entry["contact_id"] for entry in batch})},
+                "_id": {"$gt": oldest},
+                "import_id": {"$ne": import_id},
+                "action": "update",
+            },
+            {"contact_id": 1, "import_id": 1, "changes.field": 1},
+        )
+    )
+    if not found:
+        return {}
+    reverted = {
+        request["_id"]
+        for request in db[store.QUEUES].find(
+            {
+                "_id": {"$in": list({entry["import_id"] for entry in found})},
+                "reverted_at": {"$ne": None},
+            },
+            {"_id": 1},
+        )
+    }
+    later: dict[ObjectId, list[tuple[ObjectId, set[str]]]] = {}
+    for entry in found:
+        if entry["import_id"] not in reverted:
+            fields = {change["field"] for change in entry.get("changes") or []}
+            later.setdefault(entry["contact_id"], []).append((entry["_id"], fields))
+    return later
 
 
 def revertable_request(db, import_id: ObjectId) -> dict[str, Any]:
@@ -161,9 +219,16 @@ def revertable_request(db, import_id: ObjectId) -> dict[str, Any]:
 
 
 def plan_revert(
-    entries: Iterable[Mapping[str, Any]], contacts: Iterable[Mapping[str, Any]]
+    entries: Iterable[Mapping[str, Any]],
+    contacts: Iterable[Mapping[str, Any]],
+    later: Mapping[ObjectId, list[tuple[ObjectId, set[str]]]] | None = None,
 ) -> RevertPlan:
-    """The writes that undo ``entries`` (newest first) on the ``contacts`` they name. No I/O."""
+    """The writes that undo ``entries`` (newest first) on the ``contacts`` they name, given the
+    fields other imports changed since (:func:`later_changes`). No I/O.
+
+    Each write applies only to the contact as read: a removal to the whole document, a restore
+    to the values of the fields it puts back. One that finds the contact changed in between
+    writes nothing and counts as a conflict (see :func:`_write`)."""
     originals = {contact["_id"]: contact for contact in contacts}
     working = {contact_id: copy.deepcopy(contact) for contact_id, contact in originals.items()}
     touched: dict[ObjectId, set[str]] = {}
@@ -182,28 +247,38 @@ def plan_revert(
             else:
                 conflicted[contact_id] = _conflict(entry, reason=EDITED_SINCE_CREATED)
             continue
-        fields = _restore_fields(contact, entry.get("changes") or [], touched, contact_id)
+        taken = {
+            path
+            for entry_id, paths in (later or {}).get(contact_id, [])
+            if entry_id > entry["_id"]
+            for path in paths
+        }
+        fields = _restore_fields(contact, entry.get("changes") or [], touched, contact_id, taken)
         if fields:
             conflicted.setdefault(contact_id, _conflict(entry, fields=[]))["fields"] += fields
 
     for contact_id in removed:
-        plan.operations.append(DeleteOne({"_id": contact_id}))
+        as_read = {"$expr": {"$eq": ["$$ROOT", {"$literal": originals[contact_id]}]}}
+        plan.operations.append(DeleteOne({"_id": contact_id, **as_read}))
         plan.contact_ids.append(contact_id)
         plan.fields.append(0)
+        plan.expected.append(None)
     for contact_id, paths in touched.items():
         if contact_id in working:
             update = _restoring_update(working[contact_id], paths)
-            plan.operations.append(UpdateOne({"_id": contact_id}, update))
+            as_read = {path: _read(originals[contact_id], path)[1] for path in paths}
+            plan.operations.append(UpdateOne({"_id": contact_id, **as_read}, update))
             plan.contact_ids.append(contact_id)
             plan.fields.append(len(paths))
+            plan.expected.append(_written_values(update))
     plan.conflicts = list(conflicted.values())
     return plan
 
 
 def revert_result_document(outcome: RevertOutcome, run_id: str | None) -> dict[str, Any]:
     """The ``contact_import_results`` document of a revert."""
-    return {
-        "status": "completed",
+    document = {
+        "status": "failed" if outcome.errors else "completed",
         "name": REVERT_RESULT_NAME,
         "type": outcome.contact_type,
         "reverted_import_id": outcome.reverted_import_id,
@@ -216,6 +291,9 @@ def revert_result_document(outcome: RevertOutcome, run_id: str | None) -> dict[s
         "started_at": outcome.started_at,
         "finished_at": outcome.finished_at,
     }
+    if outcome.errors:
+        document["error"] = outcome.failure_message()
+    return document
 
 
 def _restore_fields(
@@ -223,8 +301,10 @@ def _restore_fields(
     changes: list[Mapping[str, Any]],
     touched: dict[ObjectId, set[str]],
     contact_id: ObjectId,
+    taken: set[str] = frozenset(),
 ) -> list[str]:
-    """Put back, in ``contact``, each field still as the import left it; the fields in conflict.
+    """Put back, in ``contact``, each field still as the import left it and not changed by a
+    later import (a path in ``taken``, or inside or around one); the fields in conflict.
 
     Bookkeeping fields go last, so ``email_key`` can follow the email as restored.
     """
@@ -234,6 +314,10 @@ def _restore_fields(
         path = change["field"]
         had_before = "before" in change
         present, value = _read(contact, path)
+        if any(_overlaps(path, other) for other in taken):
+            if path not in BOOKKEEPING_FIELDS:
+                conflicts.append(path)
+            continue
         if present and value == change["after"]:
             if path == "email_key" and normalize_email(contact.get("email")) != change.get(
                 "before"
@@ -246,6 +330,16 @@ def _restore_fields(
         elif path not in BOOKKEEPING_FIELDS:
             conflicts.append(path)
     return conflicts
+
+
+def _overlaps(path: str, other: str) -> bool:
+    """Whether two dotted paths name the same field or one lies inside the other."""
+    return path == other or path.startswith(other + ".") or other.startswith(path + ".")
+
+
+def _written_values(update: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Per path an update writes, the value it leaves (``_UNSET`` where it unsets)."""
+    return {**update.get("$set", {}), **dict.fromkeys(update.get("$unset", {}), _UNSET)}
 
 
 def _restoring_update(contact: Mapping[str, Any], paths: set[str]) -> dict[str, Any]:
@@ -283,7 +377,10 @@ def _conflict(
 
 
 def _write(contacts, plan: RevertPlan, outcome: RevertOutcome) -> None:
-    """Apply a plan with one unordered ``bulk_write`` and add what it did to ``outcome``."""
+    """Apply a plan with one unordered ``bulk_write`` and add what it did to ``outcome``. A
+    write that found its contact changed since it was read (by a person, an import or a sync
+    meanwhile) wrote nothing: a conflict, found by reading back the contacts when the counts
+    fall short."""
     outcome.conflicts += len(plan.conflicts)
     room = MAX_LISTED - len(outcome.conflict_details)
     outcome.conflict_details.extend(plan.conflicts[:room])
@@ -303,14 +400,46 @@ def _write(contacts, plan: RevertPlan, outcome: RevertOutcome) -> None:
                     "message": f"Contact write failed: {write_error.get('errmsg', 'unknown')}",
                 }
             )
+    applied = result.get("nMatched", 0) + result.get("nRemoved", 0)
+    missed = (
+        _missed(contacts, plan, failed) if applied < len(plan.operations) - len(failed) else set()
+    )
     for index, operation in enumerate(plan.operations):
         if index in failed:
             continue
-        if isinstance(operation, DeleteOne):
+        if index in missed:
+            outcome.conflicts += 1
+            if len(outcome.conflict_details) < MAX_LISTED:
+                outcome.conflict_details.append(
+                    {"contact_id": plan.contact_ids[index], "reason": CHANGED_DURING_REVERT}
+                )
+        elif isinstance(operation, DeleteOne):
             outcome.records_removed += 1
         else:
             outcome.records_restored += 1
             outcome.fields_restored += plan.fields[index]
+
+
+def _missed(contacts, plan: RevertPlan, failed: set[int]) -> set[int]:
+    """The writes of ``plan`` that found their contact changed and wrote nothing: a removed
+    contact still there, a restored one without the values put back."""
+    ids = [c for index, c in enumerate(plan.contact_ids) if index not in failed]
+    now = {contact["_id"]: contact for contact in contacts.find({"_id": {"$in": ids}})}
+    missed: set[int] = set()
+    for index, contact_id in enumerate(plan.contact_ids):
+        if index in failed:
+            continue
+        contact = now.get(contact_id)
+        expected = plan.expected[index]
+        if expected is None:
+            if contact is not None:
+                missed.add(index)
+        elif contact is None or any(
+            _read(contact, path) != ((False, None) if value is _UNSET else (True, value))
+            for path, value in expected.items()
+        ):
+            missed.add(index)
+    return missed
 
 
 def _read(document: Mapping[str, Any], path: str) -> tuple[bool, Any]:

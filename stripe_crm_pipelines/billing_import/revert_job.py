@@ -35,9 +35,10 @@ class RevertImportConfig(Config):
 
 
 @op(
-    description="Put back every field the import changed (unless changed since: a conflict, "
-    "left alone), remove the contacts it created that nobody edited since, write a "
-    "`stripe-revert` import result and mark the request `reverted_at`.",
+    description="Put back every field the import changed (unless changed since, by a person "
+    "or a later import: a conflict, left alone), remove the contacts it created that nobody "
+    "edited since, write a `stripe-revert` import result and mark the request `reverted_at`. "
+    "Contact writes that fail fail the run and leave the import revertable.",
 )
 def revert_import(
     context: OpExecutionContext, config: RevertImportConfig, mongo: MongoResource
@@ -86,6 +87,16 @@ def revert_import(
                     TableColumn("left_as_is", "string"),
                 ]
             ),
+        )
+    if outcome.errors:
+        rows = "; ".join(
+            f"{error['contact_id']}: {error['message']}" for error in outcome.error_details[:5]
+        )
+        raise Failure(
+            description=f"Import {import_id} only partly reverted: {outcome.failure_message()}. "
+            f"First errors: {rows}",
+            metadata=metadata,
+            allow_retries=False,
         )
     context.add_output_metadata(metadata)
     return str(outcome.result_id)

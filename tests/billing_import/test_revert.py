@@ -10,6 +10,7 @@ from stripe_crm_pipelines import store
 from stripe_crm_pipelines.billing_import import revert
 from stripe_crm_pipelines.billing_import.revert_job import RevertImportConfig, revert_billing_import
 from stripe_crm_pipelines.definitions import defs
+from stripe_crm_pipelines.history import history_frame
 from stripe_crm_pipelines.resources import MongoResource
 from tests.billing_import.test_job import (
     CONNECTED_ACCOUNT,
@@ -20,6 +21,7 @@ from tests.billing_import.test_job import (
     run_failure_message,
     run_import,
 )
+from tests.conftest import enforce_unique_contacts
 
 # The mistake: the city lands in the state field, and the name in the company field.
 WRONG_MAPPINGS = {"address-city": "address.state_province", "name": "company"}
@@ -190,6 +192,102 @@ def test_a_later_import_that_changed_nothing_does_not_block_the_revert(
         assert {k: v for k, v in restored[contact_id].items() if k != "old_field_values"} == {
             k: v for k, v in contact.items() if k != "old_field_values"
         }
+
+
+def test_contacts_changed_between_the_reverts_read_and_its_write_are_left_as_changed(
+    db, mongo_uri, instance, imported, monkeypatch
+):
+    import_id, _ = imported
+    contacts = db[store.CONTACTS]
+    plan_revert = revert.plan_revert
+
+    def plan_then_someone_writes(entries, current, later):
+        plan = plan_revert(entries, current, later)
+        # A person (or an import or sync of the account) edits two contacts right now.
+        contacts.update_one({"stripe_customer_id": "cus_a"}, {"$set": {"company": "Ann Corp"}})
+        contacts.update_one({"stripe_customer_id": "cus_new"}, {"$set": {"phone": "555-0100"}})
+        return plan
+
+    monkeypatch.setattr(revert, "plan_revert", plan_then_someone_writes)
+
+    assert run_revert(mongo_uri, import_id, instance).success
+
+    assert contacts.find_one({"stripe_customer_id": "cus_a"})["company"] == "Ann Corp"
+    assert contacts.find_one({"stripe_customer_id": "cus_new"})["phone"] == "555-0100"
+    document = revert_result(db, import_id)
+    assert (document["records_removed"], document["records_restored"]) == (1, 1)
+    assert document["conflicts"] == 2
+    changed = [
+        c for c in document["conflict_details"] if c.get("reason") == revert.CHANGED_DURING_REVERT
+    ]
+    assert len(changed) == 2
+    assert contacts.count_documents({"stripe_customer_id": "cus_new2"}) == 0
+
+
+def test_a_field_a_later_import_changed_is_a_conflict_even_at_the_same_value(
+    db, mongo_uri, stripe_sandbox, instance
+):
+    stripe_sandbox.state.add_customer(
+        CONNECTED_ACCOUNT, id="cus_a", email="ann@example.com", address={"city": "Boston"}
+    )
+    account_id = add_account(db)
+    contacts = db[store.CONTACTS]
+    contacts.insert_one(
+        {"parent_account": account_id, "type": "person", "email": "ann@example.com",
+         "email_key": "ann@example.com", "address": {"city": "Old"}}
+    )  # fmt: skip
+    mappings = {"address-city": "address.city"}
+    first = add_request(db, account_id, mappings=mappings)
+    assert run_import(mongo_uri, stripe_sandbox, first, instance).success
+    # A person corrects the city; the next import writes Stripe's value over it again.
+    contacts.update_one({"email": "ann@example.com"}, {"$set": {"address.city": "Cambridge"}})
+    second = add_request(db, account_id, mappings=mappings)
+    assert run_import(mongo_uri, stripe_sandbox, second, instance).success
+
+    assert run_revert(mongo_uri, first, instance).success
+
+    assert contacts.find_one({"email": "ann@example.com"})["address"]["city"] == "Boston"
+    [conflict] = revert_result(db, first)["conflict_details"]
+    assert conflict["fields"] == ["address.city"]
+    # Reverting the later import first hands the field back to the first one.
+    assert run_revert(mongo_uri, second, instance).success
+    assert contacts.find_one({"email": "ann@example.com"})["address"]["city"] == "Cambridge"
+
+
+def test_a_revert_with_a_failed_write_fails_the_run_and_can_be_run_again(
+    db, mongo_uri, stripe_sandbox, instance
+):
+    enforce_unique_contacts(db)
+    stripe_sandbox.state.add_customer(CONNECTED_ACCOUNT, id="cus_a", email="ann@new.com")
+    account_id = add_account(db)
+    contacts = db[store.CONTACTS]
+    contacts.insert_one(
+        {"parent_account": account_id, "type": "person", "email": "ann@old.com",
+         "email_key": "ann@old.com", "stripe_customer_id": "cus_a"}
+    )  # fmt: skip
+    import_id = add_request(db, account_id, mappings={"name": "name"})
+    assert run_import(mongo_uri, stripe_sandbox, import_id, instance).success
+    # Someone adds a contact with the old email: restoring it breaks the unique email index.
+    blocker = contacts.insert_one(
+        {"parent_account": account_id, "type": "person", "email": "ann@old.com",
+         "email_key": "ann@old.com"}
+    ).inserted_id  # fmt: skip
+
+    result = run_revert(mongo_uri, import_id, instance)
+
+    assert not result.success
+    message = run_failure_message(result)
+    assert message.startswith(f"Import {import_id} only partly reverted: 1 contact write(s)")
+    document = revert_result(db, import_id)
+    assert (document["status"], document["revert_errors_count"]) == ("failed", 1)
+    assert "not marked reverted" in document["error"]
+    assert db[store.QUEUES].find_one({"_id": import_id}).get("reverted_at") is None
+    assert history_frame([document]).loc[0, "import_errors"] == 1
+
+    contacts.delete_one({"_id": blocker})
+    assert run_revert(mongo_uri, import_id, instance).success
+    assert contacts.find_one({"stripe_customer_id": "cus_a"})["email"] == "ann@old.com"
+    assert db[store.QUEUES].find_one({"_id": import_id})["reverted_at"] is not None
 
 
 # --- refusals -----------------------------------------------------------------------------------
