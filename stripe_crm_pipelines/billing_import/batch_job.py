@@ -39,8 +39,8 @@ class BatchRunConfig(Config):
     import_ids: list[str] = Field(
         min_length=1,
         description="The _ids of pending billing import requests in `queues` (24 hexadecimal "
-        "characters each). Each is claimed and imported on its own; one that is no longer "
-        "pending is skipped.",
+        "characters each, each once). Each is claimed and imported on its own; one that is no "
+        "longer pending is skipped, and two of one account are left pending for later runs.",
     )
     parallel_imports: int = Field(
         default=BatchSettings.parallel,
@@ -65,6 +65,9 @@ class BatchRunConfig(Config):
                 f"import_ids: {', '.join(map(repr, malformed))} is not an _id of `queues` "
                 "(24 hexadecimal characters)"
             )
+        repeated = sorted({value for value in import_ids if import_ids.count(value) > 1})
+        if repeated:
+            raise ValueError(f"import_ids: {', '.join(map(repr, repeated))} given more than once")
         return import_ids
 
 
@@ -86,7 +89,7 @@ def import_requests(
     def busy(db, claim) -> str | None:
         with instance_lock:
             return exclusion.who_else_works_on(
-                db, instance, claim.request.account_id, context.run_id
+                db, instance, claim.request.account_id, context.run_id, claim.request.id
             )
 
     parallel = config.parallel_imports

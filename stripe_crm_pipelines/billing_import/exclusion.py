@@ -7,10 +7,11 @@ time. A ``billing_import_batch`` run imports many accounts, so that tag cannot d
 instead every import and sync first announces itself, then looks for anyone else:
 
 * an import announces itself by claiming its request; it then looks for another claimed request
-  of the account (:func:`queue.others_working_on`) and steps back if it finds one (the request
-  is released, untouched, for a later run). An import in a batch also looks for a started run
-  tagged with the account's Stripe account (:func:`who_else_works_on`); a run of its own need
-  not, as the run queue keeps it apart from those;
+  of the account (:func:`queue.others_working_on`; in a batch run, one its own run holds counts
+  too) and steps back if it finds one (the request is released, untouched, for a later run).
+  An import in a batch also looks for a started run tagged with the account's Stripe account
+  (:func:`who_else_works_on`); a run of its own need not, as the run queue keeps it apart from
+  those;
 * a sync announces itself by running (its run is started before its op looks); it looks for
   claimed requests of the account and, finding one, leaves its cursor where it is until its next
   turn.
@@ -43,12 +44,13 @@ def running_runs_of(
 
 
 def who_else_works_on(
-    db, instance: DagsterInstance, account_id: ObjectId, run_id: str
+    db, instance: DagsterInstance, account_id: ObjectId, run_id: str, request_id: ObjectId
 ) -> str | None:
-    """What else imports or syncs ``account_id`` while ``run_id`` holds a request of it, or None."""
-    others = queue.others_working_on(db, account_id, run_id)
+    """What else imports or syncs ``account_id`` while ``run_id`` holds its request
+    ``request_id``, or None; another request of the account in the same batch counts."""
+    others = queue.others_working_on(db, account_id, run_id, request_id)
     if others:
-        return f"import {others[0]} (claimed by another run)"
+        return f"import {others[0]} (claimed too)"
     stripe_account = connected_accounts_of(db, [account_id]).get(account_id)
     if stripe_account:
         for run in running_runs_of(instance, stripe_account, run_id):

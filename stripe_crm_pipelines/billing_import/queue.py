@@ -429,13 +429,24 @@ def _let_go(
     return released.matched_count > 0
 
 
-def others_working_on(db, account_id: ObjectId, run_id: str) -> list[ObjectId]:
-    """Requests of ``account_id`` that runs other than ``run_id`` hold."""
+def others_working_on(
+    db, account_id: ObjectId, run_id: str, request_id: ObjectId | None = None
+) -> list[ObjectId]:
+    """Requests of ``account_id`` that runs other than ``run_id`` hold, and, given the
+    ``request_id`` that run holds, any other request of the account it holds too (a batch run
+    given two requests of one account)."""
+    mine = (
+        {"claimed_by_run": run_id}
+        if request_id is None
+        else {
+            "claimed_by_run": run_id,
+            "_id": request_id,
+        }
+    )
     return [
         document["_id"]
         for document in db[store.QUEUES].find(
-            {**CLAIMED_FILTER, "account_id": account_id, "claimed_by_run": {"$ne": run_id}},
-            {"_id": 1},
+            {**CLAIMED_FILTER, "account_id": account_id, "$nor": [mine]}, {"_id": 1}
         )
     ]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from bson import ObjectId
 from dagster import (
     AssetKey,
@@ -373,14 +374,26 @@ def test_requests_a_dead_batch_run_held_are_all_queued_again(db, mongo_uri, sand
         assert request["failed_attempts"][0]["run_id"] == run.run_id
 
 
-def test_a_batch_launched_with_a_malformed_id_fails_naming_it_and_claims_nothing(
-    db, mongo_uri, sandbox, instance
+@pytest.mark.parametrize(
+    ("other", "message"),
+    [
+        ("6b11-nope", "import_ids: '6b11-nope' is not an _id of `queues`"),
+        (None, "import_ids: '{import_id}' given more than once"),
+    ],
+    ids=["malformed", "repeated"],
+)
+def test_a_batch_launched_with_a_bad_id_list_fails_naming_it_and_claims_nothing(
+    db, mongo_uri, sandbox, instance, other, message
 ):
     [(_, import_id, _)] = small_accounts(db, sandbox, [3])
 
     result = billing_import_batch.execute_in_process(
         run_config={
-            "ops": {"import_requests": {"config": {"import_ids": [str(import_id), "6b11-nope"]}}}
+            "ops": {
+                "import_requests": {
+                    "config": {"import_ids": [str(import_id), other or str(import_id)]}
+                }
+            }
         },
         resources={
             "mongo": MongoResource(uri=mongo_uri),
@@ -398,10 +411,44 @@ def test_a_batch_launched_with_a_malformed_id_fails_naming_it_and_claims_nothing
     while error is not None:
         messages.append(error.message)
         error = error.cause
-    assert "import_ids: '6b11-nope' is not an _id of `queues`" in "\n".join(messages)
+    assert message.format(import_id=import_id) in "\n".join(messages)
     request = db[store.QUEUES].find_one({"_id": import_id})
     assert (request["status"], request["in_progress"]) == ("pending", False)
     assert sandbox.state.requests() == []
+
+
+def test_a_batch_given_two_requests_of_one_account_never_imports_both_at_once(
+    db, mongo_uri, sandbox, instance
+):
+    sandbox.state.seed_customers(120, seed=5, account="acct_twice")
+    account_id = add_account(db, stripe_account="acct_twice")
+    first, second = add_request(db, account_id), add_request(db, account_id)
+
+    result = billing_import_batch.execute_in_process(
+        run_config={
+            "ops": {
+                "import_requests": {
+                    "config": {"import_ids": [str(first), str(second)], "parallel_imports": 2}
+                }
+            }
+        },
+        resources={
+            "mongo": MongoResource(uri=mongo_uri),
+            "stripe": StripeResource(api_base=sandbox.url, initial_retry_delay_seconds=0.01),
+        },
+        instance=instance,
+        raise_on_error=False,
+    )
+
+    assert result.success
+    requests = [db[store.QUEUES].find_one({"_id": i}) for i in (first, second)]
+    assert [r["status"] for r in requests].count("completed") <= 1
+    for request in requests:
+        if request["status"] != "completed":
+            # Stepped back untouched, for a later run.
+            assert (request["status"], request["in_progress"]) == ("pending", False)
+            assert "claimed too" in request["last_released"]["reason"]
+            assert db[store.IMPORT_CHANGES].count_documents({"import_id": request["_id"]}) == 0
 
 
 def test_an_import_that_fails_unexpectedly_in_a_batch_is_queued_again_and_the_others_complete(
