@@ -27,6 +27,7 @@ from stripe_crm_pipelines.billing_import import queue
 from stripe_crm_pipelines.billing_import.rate_limit import bucket_for_key
 from stripe_crm_pipelines.billing_import.requests import CONTACT_TYPES
 from stripe_crm_pipelines.billing_sync.state import (
+    InvalidSyncState,
     SyncState,
     load_sync_state,
     start_sync_attempt,
@@ -87,7 +88,10 @@ def sync_billing_contacts(
     db = mongo.database()
     account_id = ObjectId(config.account_id)
     contact_type = CONTACT_TYPES[config.import_type]
-    state = load_sync_state(db, account_id, contact_type)
+    try:
+        state = load_sync_state(db, account_id, contact_type)
+    except InvalidSyncState as error:
+        raise Failure(description=str(error), allow_retries=False) from None
     if state is None:
         raise Failure(
             description=f"Account {account_id} has no sync state for {config.import_type}; a "

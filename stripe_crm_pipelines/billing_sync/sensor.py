@@ -29,6 +29,7 @@ from stripe_crm_pipelines.billing_import import tags
 from stripe_crm_pipelines.billing_import.sensor import NO_CONNECTED_ACCOUNT, ended_runs_by_key
 from stripe_crm_pipelines.billing_sync.job import billing_contact_sync
 from stripe_crm_pipelines.billing_sync.state import (
+    InvalidSyncState,
     SyncState,
     due_sync_states,
     skip_unstarted_attempt,
@@ -80,7 +81,10 @@ def plan_sync_runs(
 def billing_sync_sensor(context: SensorEvaluationContext, mongo: MongoResource):
     db = mongo.database()
     now = datetime.now(UTC)
-    due = due_sync_states(db, now)
+    invalid: list[InvalidSyncState] = []
+    due = due_sync_states(db, now, invalid)
+    for error in invalid:
+        context.log.error(f"{error}; that state is not synced until it is fixed")
     if not due:
         return SkipReason("No contact sync is due")
     account_ids = {state.account_id for state in due}

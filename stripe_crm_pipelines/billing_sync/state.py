@@ -172,9 +172,47 @@ def record_full_import(
     return saved["_id"]
 
 
+class InvalidSyncState(ValueError):
+    """A state document the sync cannot use (a person edited it badly); the message names the
+    state and the field."""
+
+
 def parse_sync_state(document: Mapping[str, Any]) -> SyncState:
-    """A state document as typed values; fields a person may leave out get their defaults."""
+    """A state document as typed values; fields a person may leave out get their defaults.
+
+    Raises :class:`InvalidSyncState` naming the field that is missing or of the wrong kind.
+    """
+    try:
+        return _parse_sync_state(document)
+    except InvalidSyncState:
+        raise
+    except KeyError as error:
+        raise InvalidSyncState(
+            f"Sync state {document.get('_id')}: field {error} is missing"
+        ) from None
+    except (TypeError, ValueError) as error:
+        raise InvalidSyncState(f"Sync state {document.get('_id')}: {error}") from None
+
+
+def _parse_sync_state(document: Mapping[str, Any]) -> SyncState:
     interval = document.get("sync_interval_seconds")
+    if interval is not None and (
+        isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0
+    ):
+        raise InvalidSyncState(
+            f"Sync state {document.get('_id')}: sync_interval_seconds must be a positive number "
+            f"of seconds, not {interval!r}"
+        )
+    enabled = document.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise InvalidSyncState(
+            f"Sync state {document.get('_id')}: enabled must be true or false, not {enabled!r}"
+        )
+    cursor = document["events_cursor"]
+    if not isinstance(cursor, Mapping):
+        raise InvalidSyncState(
+            f"Sync state {document.get('_id')}: events_cursor must be a document, not {cursor!r}"
+        )
     return SyncState(
         id=document["_id"],
         account_id=document["account_id"],
@@ -185,9 +223,9 @@ def parse_sync_state(document: Mapping[str, Any]) -> SyncState:
         user_id=document["user_id"],
         parent_account=document.get("parent_account"),
         client_id=document.get("client_id"),
-        events_cursor=EventsCursor.from_document(document["events_cursor"]),
+        events_cursor=EventsCursor.from_document(cursor),
         sync_interval_seconds=int(interval) if interval else DEFAULT_SYNC_INTERVAL_SECONDS,
-        enabled=document.get("enabled") is not False,
+        enabled=enabled,
         attempts=int(document.get("attempts") or 0),
         last_full_import_at=document.get("last_full_import_at"),
         last_synced_at=document.get("last_synced_at"),
@@ -202,10 +240,28 @@ def load_sync_state(db, account_id: ObjectId, contact_type: str) -> SyncState | 
     return None if document is None else parse_sync_state(document)
 
 
-def due_sync_states(db, now: datetime) -> list[SyncState]:
-    """The enabled states whose next sync is due, longest waiting first."""
-    documents = db[SYNC_STATE].find({"enabled": {"$ne": False}, "resync_import_id": None})
-    due = [state for state in map(parse_sync_state, documents) if state.is_due(now)]
+def due_sync_states(
+    db, now: datetime, invalid: list[InvalidSyncState] | None = None
+) -> list[SyncState]:
+    """The enabled states whose next sync is due, longest waiting first.
+
+    A state that cannot be parsed is left out (the others still sync), its reason saved as its
+    ``last_error`` and appended to ``invalid``."""
+    due = []
+    for document in db[SYNC_STATE].find({"enabled": {"$ne": False}, "resync_import_id": None}):
+        try:
+            state = parse_sync_state(document)
+        except InvalidSyncState as error:
+            if document.get("last_error") != str(error):
+                db[SYNC_STATE].update_one(
+                    {"_id": document["_id"]},
+                    {"$set": {"last_error": str(error), "updated_at": now}},
+                )
+            if invalid is not None:
+                invalid.append(error)
+            continue
+        if state.is_due(now):
+            due.append(state)
     epoch = datetime.min.replace(tzinfo=UTC)
     return sorted(due, key=lambda s: _aware(s.last_synced_at or s.last_attempt_at or epoch))
 

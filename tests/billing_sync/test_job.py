@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from bson import ObjectId
 from dagster import (
     AssetCheckKey,
@@ -279,6 +280,33 @@ def test_the_sensor_launches_due_syncs_tagged_like_imports(db, mongo_uri):
     assert partitions.partitions_def_name == ACCOUNT_PARTITIONS.name
     assert sorted(partitions.partition_keys) == sorted([str(due), str(stale)])
     assert str(tried) not in by_account
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("sync_interval_seconds", "10m", "sync_interval_seconds must be a positive number"),
+        ("enabled", "false", "enabled must be true or false, not 'false'"),
+        ("events_cursor", None, "events_cursor must be a document, not None"),
+        ("user_id", None, "field 'user_id' is missing"),
+    ],
+)
+def test_a_state_edited_badly_is_skipped_with_its_reason_and_the_others_sync(
+    db, mongo_uri, field, value, message
+):
+    good = add_state(db)
+    bad = add_state(db, stripe_account="acct_2Edited")
+    if value is None and field == "user_id":
+        db[SYNC_STATE].update_one({"account_id": bad}, {"$unset": {field: ""}})
+    else:
+        db[SYNC_STATE].update_one({"account_id": bad}, {"$set": {field: value}})
+
+    result = evaluate(mongo_uri)
+
+    assert [run.tags[tags.ACCOUNT_ID] for run in result.run_requests] == [str(good)]
+    saved = db[SYNC_STATE].find_one({"account_id": bad})
+    assert message in saved["last_error"]
+    assert saved["last_error"].startswith(f"Sync state {saved['_id']}: ")
 
 
 def test_a_started_sync_is_not_due_again_and_its_next_attempt_gets_a_new_run_key(db, mongo_uri):
