@@ -251,13 +251,17 @@ def complete(
 ) -> tuple[ObjectId | None, bool]:
     """Record a finished import's ``completed`` result and close its request ``completed``.
 
+    A request the CRM set to ``cancelled`` after the last batch boundary, when every customer
+    was written, is completed all the same, with :data:`CANCELLED_TOO_LATE` as the ``note`` of
+    the request and the result.
+
     Returns the result's id and whether the request was closed; ``(None, False)`` when the run
     no longer holds it (recovery queued it again or closed it): the request is left unchanged
     and no result is written, so the request's own result stays the only one. Safe to repeat:
     the request this run completed matches again, and the result is written once per run.
     """
     finished_at = outcome.finished_at or datetime.now(UTC)
-    closed = db[store.QUEUES].update_one(
+    before = db[store.QUEUES].find_one_and_update(
         {
             "_id": import_id,
             "claimed_by_run": run_id,
@@ -271,15 +275,26 @@ def complete(
             },
             "$unset": {"error": "", "resume_from": ""},
         },
+        projection={"status": 1, "note": 1},
     )
-    if closed.matched_count == 0:
+    if before is None:
         return None, False
-    result_id = _record_result(
-        db,
-        {"_id": import_id, "claimed_by_run": run_id},
-        result_document(outcome, status=COMPLETED, run_id=run_id),
-    )
+    document = result_document(outcome, status=COMPLETED, run_id=run_id)
+    note = before.get("note")
+    if before.get("status") == CANCELLED:
+        # The CRM asked to cancel after the last batch boundary: everything was written.
+        note = CANCELLED_TOO_LATE
+        db[store.QUEUES].update_one({"_id": import_id}, {"$set": {"note": note}})
+    if note == CANCELLED_TOO_LATE:
+        document["note"] = note
+    result_id = _record_result(db, {"_id": import_id, "claimed_by_run": run_id}, document)
     return result_id, True
+
+
+CANCELLED_TOO_LATE = (
+    "Cancel requested after every customer was written: the import completed; revert it to undo"
+)
+"""The ``note`` of a request (and its result) cancelled after its import's last write."""
 
 
 def close(

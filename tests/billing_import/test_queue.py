@@ -183,6 +183,22 @@ def test_complete_records_the_result_and_closes_the_request_once(db, held):
     assert import_result(db, held)["records_added"] == 3
 
 
+def test_a_cancel_asked_after_the_last_write_completes_with_a_note_saying_so(db, held):
+    # The CRM cancels after the import's last batch boundary, before it records its result.
+    db[store.QUEUES].update_one({"_id": held}, {"$set": {"status": "cancelled"}})
+    outcome = outcome_of(held, records_added=3)
+    outcome.finish(NOW)
+
+    result_id, closed = queue.complete(db, held, "r1", outcome)
+    assert queue.complete(db, held, "r1", outcome) == (result_id, True)
+
+    request = request_of(db, held)
+    assert closed and (request["status"], request["in_progress"]) == ("completed", False)
+    assert request["note"] == queue.CANCELLED_TOO_LATE
+    result = import_result(db, held)
+    assert (result["records_added"], result["note"]) == (3, queue.CANCELLED_TOO_LATE)
+
+
 def test_complete_by_a_run_that_lost_the_claim_leaves_the_request(db, held):
     before = request_of(db, held)
     _, closed = queue.complete(db, held, "r2", outcome_of(held))
