@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from typing import Any
 
+import pycountry
 from bson import ObjectId
 
 MAX_LINE_ITEMS = 250
@@ -108,7 +109,11 @@ def _object_id(field: str, value: Any, problems: list[tuple[str, str]]) -> Objec
 
 
 def _currency(value: Any, problems: list[tuple[str, str]]) -> str:
-    if isinstance(value, str) and _CURRENCY.match(value.strip()):
+    if (
+        isinstance(value, str)
+        and _CURRENCY.match(value.strip())
+        and pycountry.currencies.get(alpha_3=value.strip().upper()) is not None
+    ):
         return value.strip().lower()
     problems.append(("currency", f"must be a 3-letter ISO 4217 code such as 'usd', got {value!r}"))
     return ""

@@ -14,7 +14,15 @@ import jwt
 import pytest
 import stripe
 from bson import ObjectId
-from dagster import DagsterEventType, DagsterInstance
+from dagster import (
+    DagsterEventType,
+    DagsterInstance,
+    EnvVar,
+    ReexecutionOptions,
+    execute_job,
+    in_process_executor,
+    reconstructable,
+)
 from dagster._serdes import serialize_value
 
 from stripe_crm_pipelines import store
@@ -478,8 +486,6 @@ def test_a_draft_that_cannot_be_deleted_is_not_said_to_be(env):
 def make_reexecutable_job():
     """``create_payment_link`` with the resources of ``PAYMENT_LINK_TEST_*``, read when a run
     starts (a re-execution loads the job by reference, so its resources cannot be passed in)."""
-    from dagster import EnvVar, in_process_executor
-
     return create_payment_link.graph.to_job(
         name="create_payment_link",
         executor_def=in_process_executor,
@@ -499,8 +505,6 @@ def make_reexecutable_job():
 
 @pytest.mark.parametrize("first_run", ["finalised", "deleted"])
 def test_re_executing_a_failed_run_bills_the_contact_once(env, monkeypatch, tmp_path, first_run):
-    from dagster import ReexecutionOptions, execute_job, reconstructable
-
     monkeypatch.setenv("PAYMENT_LINK_TEST_MONGO_URI", env.mongo_uri)
     monkeypatch.setenv("PAYMENT_LINK_TEST_STRIPE_URL", env.sandbox.url)
     instance = DagsterInstance.local_temp(str(tmp_path))
@@ -572,6 +576,7 @@ VALIDATION_CASES = [
     ("account_id", {"account_id": "not-an-id"}),
     ("contact_id", {"contact_id": "65000000000000000000000"}),
     ("currency", {"currency": "us"}),
+    ("currency", {"currency": "xyz"}),
     ("currency", {"currency": "usd1"}),
     ("line_items", _items()),
     ("line_items", _items(*[{"amount": 1, "description": "x"}] * 251)),
