@@ -23,7 +23,7 @@ from dagster import (
 from pydantic import Field
 
 from stripe_crm_pipelines import store
-from stripe_crm_pipelines.billing_import import queue
+from stripe_crm_pipelines.billing_import import exclusion, queue, tags
 from stripe_crm_pipelines.billing_import.rate_limit import bucket_for_key
 from stripe_crm_pipelines.billing_import.requests import CONTACT_TYPES
 from stripe_crm_pipelines.billing_sync.state import (
@@ -41,7 +41,11 @@ from stripe_crm_pipelines.billing_sync.syncer import (
 from stripe_crm_pipelines.catalog import account_events, ensure_account_partition
 from stripe_crm_pipelines.resources import MongoResource, StripeResource
 from stripe_crm_pipelines.resources.stripe import RequestStats
-from stripe_crm_pipelines.stripe_keys import StripeKeyError, load_billing_credentials
+from stripe_crm_pipelines.stripe_keys import (
+    StripeKeyError,
+    connected_accounts_of,
+    load_billing_credentials,
+)
 
 SYNC_RETRY_POLICY = RetryPolicy(
     max_retries=2, delay=2, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
@@ -150,11 +154,13 @@ def _sync(
     account_id = state.account_id
     start_sync_attempt(db, state.id, context.run_id, datetime.now(UTC))
     importing = queue.others_working_on(db, account_id, context.run_id)
-    if importing:
+    running = _untagged_run_meets(context, db, state)
+    if importing or running:
         # An import holds the account (see billing_import.exclusion); its cursor waits.
+        working = f"Import {importing[0]}" if importing else f"Run {running}"
         message = (
-            f"Import {importing[0]} is running for account {account_id}; the sync leaves its "
-            "cursor where it is until its next turn"
+            f"{working} is running for account {account_id}; the sync leaves its cursor where it "
+            "is until its next turn"
         )
         context.log.info(message)
         context.add_output_metadata(
@@ -174,6 +180,29 @@ def _sync(
         before_request=limiter.acquire,
     )
     return run_sync(db, client, state, run_id=context.run_id, stats=stats)
+
+
+def _untagged_run_meets(context: OpExecutionContext, db, state: SyncState) -> str | None:
+    """For a run launched by hand without the sensor's tags: tag it as the sensor would, so the
+    run queue keeps later imports and syncs of its Stripe account waiting, and name a run of that
+    account already started (the queue did not keep this one apart from it), if any."""
+    if tags.STRIPE_ACCOUNT in context.run.tags:
+        return None
+    stripe_account = connected_accounts_of(db, [state.account_id]).get(state.account_id)
+    if not stripe_account:
+        return None
+    context.instance.add_run_tags(
+        context.run_id,
+        {
+            tags.ACCOUNT_ID: str(state.account_id),
+            tags.IMPORT_TYPE: state.import_type,
+            tags.USER_ID: str(state.user_id),
+            tags.STRIPE_ACCOUNT: stripe_account,
+        },
+    )
+    for run in exclusion.running_runs_of(context.instance, stripe_account, context.run_id):
+        return f"{run.run_id} of {run.job_name}"
+    return None
 
 
 def sync_metadata(outcome: SyncOutcome) -> dict[str, Any]:

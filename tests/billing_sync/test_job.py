@@ -213,6 +213,38 @@ def test_a_stale_cursor_queues_a_resync_and_the_run_says_so(
     )  # fmt: skip
 
 
+def test_a_sync_launched_by_hand_is_tagged_and_defers_to_a_run_of_its_stripe_account(
+    db, mongo_uri, stripe_sandbox, instance, stripe_client_factory
+):
+    ada = stripe_sandbox.state.add_customer(CONNECTED_ACCOUNT, email="ada@example.com")
+    account_id = keep_in_sync(db, mongo_uri, stripe_sandbox, instance)
+    cursor = load_sync_state(db, account_id, "person").events_cursor
+    stripe_client_factory(CONNECTED_ACCOUNT).v1.customers.update(
+        ada["id"], params={"address": {"city": "Porto"}}
+    )
+    # A run the queue keeps apart by this tag, started (say, an import of the account).
+    busy = instance.create_run_for_job(
+        billing_contact_sync,
+        run_config={"ops": {"sync_billing_contacts": {"config": {"account_id": str(account_id)}}}},
+        status=DagsterRunStatus.STARTED,
+        tags={tags.STRIPE_ACCOUNT: CONNECTED_ACCOUNT},
+    )
+
+    # Launched from the Launchpad with only its config: no tags.
+    result = run_sync_job(mongo_uri, stripe_sandbox, account_id, instance)
+
+    assert result.success
+    run = instance.get_run_by_id(result.run_id)
+    assert run.tags[tags.STRIPE_ACCOUNT] == CONNECTED_ACCOUNT
+    assert run.tags[tags.ACCOUNT_ID] == str(account_id)
+    [output] = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_OUTPUT]
+    metadata = output.step_output_data.metadata
+    assert metadata["status"].value == "deferred"
+    assert busy.run_id in metadata["deferred_by"].value
+    assert load_sync_state(db, account_id, "person").events_cursor == cursor
+    assert contact_of(db, ada["id"]).get("address", {}).get("city") != "Porto"
+
+
 # --- the sensor -------------------------------------------------------------------------------
 
 
