@@ -159,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
                     "stripe_crm_pipelines.local.shortener",
                     "--port",
                     str(args.shortener_port),
+                    "--quiet",
                 ],
                 env,
             )

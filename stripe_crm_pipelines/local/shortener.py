@@ -169,8 +169,11 @@ def main(argv: list[str] | None = None) -> int:
         "--host", default="127.0.0.1", help="interface to bind (default %(default)s)"
     )
     parser.add_argument("--port", type=int, default=8765, help="port to bind (default %(default)s)")
+    parser.add_argument(
+        "--quiet", action="store_true", help="print no line per request (make dev passes it)"
+    )
     args = parser.parse_args(argv)
-    shortener = LocalShortener(args.host, args.port, quiet=False)
+    shortener = LocalShortener(args.host, args.port, quiet=args.quiet)
     print(f"local shortener listening on {shortener.url}", file=sys.stderr, flush=True)
     try:
         shortener.serve_forever()

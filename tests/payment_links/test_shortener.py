@@ -78,11 +78,14 @@ def test_cli_help(capsys):
     assert "--port" in capsys.readouterr().out
 
 
-def test_runs_as_a_module():
+@pytest.mark.parametrize("quiet", [False, True], ids=["access-log", "quiet"])
+def test_runs_as_a_module(quiet):
     port = int(closed_port_url().rsplit(":", 1)[1])
     process = subprocess.Popen(
-        [sys.executable, "-m", "stripe_crm_pipelines.local.shortener", "--port", str(port)],
-        stderr=subprocess.DEVNULL,
+        [sys.executable, "-m", "stripe_crm_pipelines.local.shortener", "--port", str(port)]
+        + (["--quiet"] if quiet else []),
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         url = f"http://127.0.0.1:{port}"
@@ -98,4 +101,6 @@ def test_runs_as_a_module():
         assert answer.json()["short_url"].startswith(f"{url}/")
     finally:
         process.terminate()
-        process.wait(timeout=10)
+        _, stderr = process.communicate(timeout=10)
+    assert ('"POST / HTTP/1.1" 201' in stderr) is not quiet
+    assert "local shortener listening on" in stderr
