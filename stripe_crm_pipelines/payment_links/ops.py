@@ -57,6 +57,10 @@ from stripe_crm_pipelines.stripe_keys import (
     load_billing_credentials,
 )
 
+MAX_DRAFTS_PER_CHAIN = 20
+"""Drafts a run and its re-executions may create (each one deleted before the next)."""
+
+
 NETWORK_RETRY_POLICY = RetryPolicy(
     max_retries=3, delay=1, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
 )
@@ -280,32 +284,46 @@ def issue_invoice(
 ) -> IssuedInvoice:
     """Create the draft, attach every item, finalise without sending.
 
-    The writes' idempotency keys are those of ``writes_run_id``, the run this one re-executes
-    (its own id otherwise), so a re-execution gets back the invoice the first run created: if
-    that one is open already, it is the one published; if it was deleted, the re-execution
-    starts a new one with keys of its own.
+    The writes' idempotency keys derive from ``writes_run_id``, the first run of a
+    re-execution chain (its own id otherwise). A re-execution therefore gets back the draft
+    that chain made first (``<root>:invoice``); if that one was deleted, the next
+    (``<root>#2:invoice``, …), up to the first one not deleted. That invoice, if open, is the
+    one published; if still a draft, it is carried on. However many times a failed run is
+    re-executed, the contact is billed once.
 
     A failure after the draft exists deletes it, unless the error is transient and the op will
     be retried: the retry then replays the same idempotent writes and carries on. When the
-    answer to the finalisation was lost, the invoice is looked up first: finalised, it is used.
+    answer to the finalisation was lost, the invoice is looked up first: finalised, it is used;
+    unreadable, it is left as it is and the failure says so.
     """
-    keys = writes_run_id
-    draft = _create_draft(client, request, customer, keys, may_retry=may_retry)
-    if writes_run_id != run_id:
-        current = _current_invoice(client, draft.id)
+    keys, draft = writes_run_id, None
+    for number in range(1, MAX_DRAFTS_PER_CHAIN + 1):
+        keys = writes_run_id if number == 1 else f"{writes_run_id}#{number}"
+        draft = _create_draft(client, request, customer, keys, may_retry=may_retry)
+        if writes_run_id == run_id:
+            break  # a first run: its drafts are deleted only when it gives up for good
+        with _failures_from_calls(f"reading invoice {draft.id}", may_retry=may_retry):
+            current = _current_invoice(client, draft.id)
         if current is None:
-            log.info(f"Draft invoice {draft.id} of run {writes_run_id} was deleted; starting anew")
-            keys = run_id
-            draft = _create_draft(client, request, customer, keys, may_retry=may_retry)
-        elif current.status == "open":
-            log.info(f"Invoice {draft.id} was finalised by run {writes_run_id}; publishing it")
+            log.info(f"Draft invoice {draft.id} of this run chain was deleted; trying the next")
+            continue
+        if current.status == "open":
+            log.info(f"Invoice {draft.id} was finalised by an earlier run of this chain")
             return _issued(current)
-        elif current.status != "draft":
+        if current.status != "draft":
             raise Failure(
-                description=f"Invoice {draft.id}, created by run {writes_run_id}, is "
+                description=f"Invoice {draft.id}, created by an earlier run of this chain, is "
                 f"{current.status}; launch a new run to bill the contact again",
                 allow_retries=False,
             )
+        break
+    else:
+        raise Failure(
+            description=f"{MAX_DRAFTS_PER_CHAIN} draft invoices of run {writes_run_id} and its "
+            "re-executions were deleted; launch a new run rather than re-executing this one",
+            allow_retries=False,
+        )
+    assert draft is not None
     step = "finalizing the invoice"
     try:
         for index, item in enumerate(request.line_items):
@@ -328,10 +346,20 @@ def issue_invoice(
     except stripe_sdk.StripeError as error:
         if may_retry and is_transient(error):
             raise _stripe_failure(error, step, allow_retries=True) from None
-        current = _current_invoice(client, draft.id) if is_transient(error) else None
-        if current is not None and current.status == "open":
-            log.warning(f"The answer to {step} was lost; invoice {draft.id} is finalised")
-            return _issued(current)
+        if is_transient(error):
+            try:
+                current = _current_invoice(client, draft.id)
+            except stripe_sdk.StripeError:
+                raise _stripe_failure(
+                    error,
+                    f"{step}; invoice {draft.id} could not be read to tell whether Stripe "
+                    "finalised it, so it was left as it is: re-execute this run to publish it "
+                    "or carry it on",
+                    allow_retries=False,
+                ) from None
+            if current is not None and current.status == "open":
+                log.warning(f"The answer to {step} was lost; invoice {draft.id} is finalised")
+                return _issued(current)
         deleted = _delete_draft(client, draft.id, log)
         outcome = "was deleted" if deleted else "could not be deleted; see the run's log"
         raise _stripe_failure(
@@ -351,11 +379,14 @@ def _create_draft(client, request, customer, keys: str, *, may_retry: bool):
 
 
 def _current_invoice(client: stripe_sdk.StripeClient, invoice_id: str):
-    """The invoice as Stripe holds it now; None once deleted (or when it cannot be read)."""
+    """The invoice as Stripe holds it now; None once deleted. Other errors are raised: an
+    invoice that cannot be read is not taken for gone."""
     try:
         invoice = client.v1.invoices.retrieve(invoice_id)
-    except stripe_sdk.StripeError:
-        return None
+    except stripe_sdk.InvalidRequestError as error:
+        if getattr(error, "code", None) == "resource_missing":
+            return None
+        raise
     return None if getattr(invoice, "deleted", False) else invoice
 
 

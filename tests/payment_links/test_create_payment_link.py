@@ -503,35 +503,63 @@ def make_reexecutable_job():
     )
 
 
-@pytest.mark.parametrize("first_run", ["finalised", "deleted"])
-def test_re_executing_a_failed_run_bills_the_contact_once(env, monkeypatch, tmp_path, first_run):
+LOST_FINALISATION = {"kind": "reset", "endpoint": "POST /v1/invoices/*/finalize"}
+UNREADABLE_INVOICES = {"endpoint": "GET /v1/invoices/*", "status": 500}
+REFUSED_ITEM = {"endpoint": "POST /v1/invoiceitems", "status": 400}
+
+
+def reexecute(job, instance, failed_run_id):
+    options = ReexecutionOptions.from_failure(failed_run_id, instance)
+    return execute_job(job, instance, reexecution_options=options)
+
+
+@pytest.mark.parametrize(
+    "runs",
+    [
+        # Finalised, but every answer lost and the invoice unreadable: the run cannot tell.
+        [[LOST_FINALISATION, UNREADABLE_INVOICES], []],
+        # An item refused once: the first run deletes its draft.
+        [[REFUSED_ITEM], []],
+        # Still unreadable when re-executed: the re-execution fails too, without a new invoice.
+        [[LOST_FINALISATION, UNREADABLE_INVOICES], [UNREADABLE_INVOICES], []],
+        # The first re-execution makes the chain's second draft and finalises it unheard.
+        [[REFUSED_ITEM], [LOST_FINALISATION, UNREADABLE_INVOICES], []],
+    ],
+    ids=["finalised", "deleted", "still-unreadable", "re-executed-twice"],
+)
+def test_re_executing_failed_runs_bills_the_contact_once(env, monkeypatch, tmp_path, runs):
     monkeypatch.setenv("PAYMENT_LINK_TEST_MONGO_URI", env.mongo_uri)
     monkeypatch.setenv("PAYMENT_LINK_TEST_STRIPE_URL", env.sandbox.url)
     instance = DagsterInstance.local_temp(str(tmp_path))
     job = reconstructable(make_reexecutable_job)
-    if first_run == "finalised":
-        # Finalised, but every answer lost and the invoice unreadable: the run cannot tell.
-        env.sandbox.state.inject_fault(
-            kind="reset", endpoint="POST /v1/invoices/*/finalize", after_effect=True, count=100
-        )
-        env.sandbox.state.inject_fault(endpoint="GET /v1/invoices/*", status=500, count=100)
-    else:
-        # An item Stripe refuses once: the first run deletes its draft.
-        env.sandbox.state.inject_fault(endpoint="POST /v1/invoiceitems", status=400, count=1)
     run_config = {"ops": {FIRST_OP: {"config": job_config(env)}}}
-    with execute_job(job, instance, run_config=run_config) as first:
-        assert not first.success
-    env.sandbox.state.clear_faults()
-
-    options = ReexecutionOptions.from_failure(first.run_id, instance)
-    with execute_job(job, instance, reexecution_options=options) as second:
-        assert second.success
-        assert second.dagster_run.root_run_id == first.run_id
+    previous = None
+    for number, faults in enumerate(runs):
+        env.sandbox.state.clear_faults()
+        for fault in faults:
+            after_effect = {"after_effect": True} if fault.get("kind") == "reset" else {}
+            env.sandbox.state.inject_fault(
+                **fault, **after_effect, count=1 if fault is REFUSED_ITEM else 100
+            )
+        if previous is None:
+            run = execute_job(job, instance, run_config=run_config)
+        else:
+            run = reexecute(job, instance, previous.run_id)
+        with run as result:
+            last = number == len(runs) - 1
+            assert result.success is last
+            if previous is not None:
+                assert result.dagster_run.root_run_id == (
+                    previous.dagster_run.root_run_id or previous.run_id
+                )
+            opened = [i for i in env.invoices() if i["status"] == "open"]
+            assert len(opened) <= 1
+            previous = result
 
     invoices = env.invoices()
     [link] = env.db[store.PAYMENT_LINKS].find()
-    assert [i["status"] for i in invoices if i["status"] != "deleted"] == ["open"]
     [open_invoice] = [i for i in invoices if i["status"] == "open"]
+    assert [i["status"] for i in invoices if i["status"] != "deleted"] == ["open"]
     assert link["invoice_id"] == open_invoice["id"]
     assert len(open_invoice["lines"]["data"]) == 2
     assert len(env.sandbox.state.customers(STRIPE_ACCOUNT)) == 1
