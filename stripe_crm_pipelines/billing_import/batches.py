@@ -88,6 +88,12 @@ class CustomerBatch:
     has_more: bool
     """Whether the listing holds customers after this batch (whatever ``max_customers`` says)."""
 
+    @property
+    def cursor_created(self) -> int | None:
+        """The ``created`` second of the last customer: a walk resumed after it lists again
+        from that second if the customer was deleted meanwhile."""
+        return self.customers[-1]["created"] if self.customers else None
+
 
 class CustomerListing:
     """The batches of one walk (iterate once) and whether it lists under its snapshot."""
@@ -119,17 +125,21 @@ def customer_batches(
     *,
     created_lte: int | None,
     starting_after: str | None = None,
+    starting_after_created: int | None = None,
     max_customers: int | None = None,
     settings: FetchSettings | None = None,
 ) -> Iterator[CustomerListing]:
     """The customers after ``starting_after`` created up to ``created_lte`` (None: walk the
     list sequentially, without a snapshot), newest first, at most ``max_customers`` of them
-    (counted from here), in write batches; the walk's threads stop when the block ends."""
+    (counted from here), in write batches; the walk's threads stop when the block ends.
+    ``starting_after_created``, the ``created`` second of ``starting_after``, lets the walk go
+    on if that customer was deleted since."""
     settings = settings or FetchSettings()
     walk = WindowedWalk(
         client,
         created_lte=created_lte,
         starting_after=starting_after,
+        starting_after_created=starting_after_created,
         max_customers=max_customers,
         settings=settings,
     )

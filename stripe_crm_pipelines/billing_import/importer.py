@@ -431,9 +431,10 @@ def _sync_batches(
     seen = SeenCustomers()
     limit = outcome.max_customers or DEFAULT_MAX_CUSTOMERS
     if checkpoint is None:
-        created_lte, cursor = int(time.time()), None
+        created_lte, cursor, cursor_created = int(time.time()), None, None
     else:
         created_lte, cursor = checkpoint.created_lte, checkpoint.cursor
+        cursor_created = checkpoint.cursor_created
         if cursor is None:
             return
         if claim.request.dry_run:
@@ -446,6 +447,7 @@ def _sync_batches(
             client,
             created_lte=created_lte,
             starting_after=cursor,
+            starting_after_created=cursor_created,
             max_customers=limit - outcome.customers_fetched,
             settings=settings,
         ) as listing,
@@ -587,6 +589,7 @@ class _BatchWriter:
                 created_lte=self._created_lte if snapshot else None,
                 cursor=None if finished else batch.cursor,
                 outcome=outcome,
+                cursor_created=None if finished else batch.cursor_created,
             ),
         )
         if batch.number == 1 or pages_before // LOG_EVERY_PAGES < (

@@ -57,3 +57,15 @@ def refuses_created(error: BaseException) -> bool:
         return False
     param = getattr(error, "param", None) or ""
     return param.startswith("created") or bool(_CREATED.search(error.user_message or ""))
+
+
+def refuses_cursor(error: BaseException) -> bool:
+    """Whether ``error`` is the server no longer knowing the ``starting_after`` customer (deleted
+    since the page it ended was listed): Stripe answers 400 ``resource_missing`` on that
+    parameter."""
+    if not isinstance(error, stripe.InvalidRequestError):
+        return False
+    return getattr(error, "param", None) == "starting_after" or (
+        getattr(error, "code", None) == "resource_missing"
+        and "customer" in (error.user_message or "").lower()
+    )

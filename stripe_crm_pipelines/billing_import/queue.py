@@ -100,11 +100,14 @@ class Checkpoint:
     """The last customer written; the listing resumes after it. None: nothing left to list."""
     outcome: ImportOutcome
     """The counts so far."""
+    cursor_created: int | None = None
+    """The ``created`` second of the cursor customer, to list again from if it is deleted."""
 
     def as_document(self, saved_at: datetime) -> dict[str, Any]:
         return {
             "run_id": self.run_id,
             "cursor": self.cursor,
+            "cursor_created": self.cursor_created,
             "created_lte": self.created_lte,
             "saved_at": saved_at,
             "outcome": self.outcome.checkpoint(),
@@ -119,11 +122,13 @@ class Checkpoint:
         created_lte, cursor = document.get("created_lte"), document.get("cursor")
         if not isinstance(created_lte, int | None) or not isinstance(cursor, str | None):
             return None
+        cursor_created = document.get("cursor_created")
         return cls(
             run_id=str(document.get("run_id")),
             created_lte=created_lte,
             cursor=cursor,
             outcome=ImportOutcome.resume(dict(document["outcome"])),
+            cursor_created=cursor_created if isinstance(cursor_created, int) else None,
         )
 
 

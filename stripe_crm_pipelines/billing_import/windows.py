@@ -43,6 +43,11 @@ take 20 s while the rate limit (25 requests/s on test keys) would allow 4 s. A
 * Memory: a worker stops fetching when :attr:`WindowSettings.max_buffered_pages` pages wait to
   be handed over, unless its window is the one being handed over. Memory does not grow with the
   account.
+* A deleted cursor: Stripe refuses ``starting_after`` naming a customer deleted since its page
+  was listed. The window is then listed again from that customer's second (``created[lte]``, no
+  cursor), without the customers of that second already listed; a walk resumed from a
+  checkpoint knows that second too (``starting_after_created``). Without a snapshot, the
+  refusal fails the walk.
 * No snapshot: without ``created_lte``, or when the server refuses the ``created`` filter on the
   first page (see :func:`~stripe_crm_pipelines.billing_import.paging.refuses_created`), the walk
   is one sequential listing without any ``created`` filter. Customers created while it runs
@@ -70,6 +75,7 @@ from stripe_crm_pipelines.billing_import.paging import (
     Customer,
     list_customers_page,
     refuses_created,
+    refuses_cursor,
 )
 from stripe_crm_pipelines.billing_import.rate_limit import request_priority
 
@@ -148,6 +154,11 @@ class Window:
     claimed: bool = False
     listed: bool = False
     pages: deque[tuple[list[Customer], bool]] = field(default_factory=deque)
+    listed_at_position: set[str] = field(default_factory=set)
+    """Ids listed so far of the customers created in second ``position``."""
+    skip: frozenset[str] = frozenset()
+    """Ids not to hand over again: those of second ``hi`` listed before the window had to be
+    listed again from its top (its cursor customer was deleted)."""
 
     def estimated_pages_left(self) -> float:
         """Pages left by the density of the window's last page. The open-ended window has no
@@ -161,14 +172,29 @@ class Window:
         return (self.position - self.lo + 1) / self.span
 
     def record_page(self, customers: list[Customer], has_more: bool) -> None:
-        """Keep a fetched page for the consumer and move the cursor past it."""
-        self.pages.append((customers, has_more))
+        """Keep a fetched page for the consumer (without the ids in ``skip``) and move the
+        cursor past it."""
+        handed = [c for c in customers if c["id"] not in self.skip] if self.skip else customers
+        self.pages.append((handed, has_more))
         if has_more:
+            position = customers[-1]["created"]
+            if position != self.position:
+                self.listed_at_position = set()
+            self.listed_at_position.update(c["id"] for c in customers if c["created"] == position)
             self.cursor = customers[-1]["id"]
-            self.position = customers[-1]["created"]
+            self.position = position
             self.span = max(1, customers[0]["created"] - customers[-1]["created"])
         else:
             self.listed = True
+
+    def list_again_from_position(self) -> None:
+        """Its cursor customer is gone (deleted in Stripe meanwhile): list the rest of the
+        window, ``[lo, position]``, from its top without a cursor, skipping the customers of
+        second ``position`` already listed."""
+        assert self.position is not None
+        self.hi = self.position
+        self.cursor = None
+        self.skip = frozenset(self.listed_at_position)
 
 
 def cut_open(window: Window, count: int, window_pages: int, *, ramp: bool) -> list[Window]:
@@ -269,6 +295,7 @@ class WindowedWalk:
         *,
         created_lte: int | None,
         starting_after: str | None = None,
+        starting_after_created: int | None = None,
         max_customers: int | None = None,
         settings: WindowSettings | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -279,7 +306,9 @@ class WindowedWalk:
         self._max_customers = max_customers
         self._snapshot = created_lte is not None
         self._pace = _Pace(self._settings)
-        self._windows: list[Window] = [Window(None, created_lte, starting_after)]
+        self._windows: list[Window] = [
+            Window(None, created_lte, starting_after, position=starting_after_created)
+        ]
         """Windows not yet handed over, newest first; ``[0]`` is being handed over."""
         self._lock = threading.Condition()
         self._buffered = 0
@@ -443,7 +472,7 @@ class WindowedWalk:
                         starting_after=cursor,
                     )
             except stripe.InvalidRequestError as error:
-                if self._drop_snapshot(window, error):
+                if self._drop_snapshot(window, error) or self._list_again(window, cursor, error):
                     continue
                 raise
             seconds = self._clock() - started
@@ -475,6 +504,24 @@ class WindowedWalk:
                 return False
             self._snapshot = False
             window.hi = None
+            return True
+
+    def _list_again(
+        self, window: Window, cursor: str | None, error: stripe.InvalidRequestError
+    ) -> bool:
+        """On the server no longer knowing the cursor customer (deleted in Stripe since its page
+        was listed), list the rest of ``window`` again from that customer's second; whether the
+        walk goes on. Without a snapshot, or not knowing that second, it cannot."""
+        with self._lock:
+            if not (
+                cursor is not None
+                and window.cursor == cursor
+                and window.position is not None
+                and self._snapshot
+                and refuses_cursor(error)
+            ):
+                return False
+            window.list_again_from_position()
             return True
 
     def _cut_open_window(self, window: Window) -> None:

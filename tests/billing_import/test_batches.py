@@ -4,6 +4,7 @@ and, where it is installed, localstripe."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import socket
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from stripe_crm_pipelines.resources import MongoResource, StripeResource
 from tests.billing_import.conftest import (
     SNAPSHOT,
     add_customers_sharing_seconds,
+    client_for,
     list_batches,
     listed_ids,
     listing_requests,
@@ -181,6 +183,27 @@ class StripeFailingAfterCheckpoint(StripeResource):
         return super().client(secret_key, stripe_account, stats=stats, before_request=inject)
 
 
+DELETE_CHECKPOINT_CURSOR: dict = {}
+
+
+class StripeDeletingTheCheckpointCursor(StripeFailingAfterCheckpoint):
+    """As its parent, and before the retry resumes, the customer its checkpoint names is
+    deleted in Stripe (as from the dashboard)."""
+
+    def client(self, secret_key, stripe_account, *, stats=None, before_request=None):
+        retry = not FAIL_AFTER_CHECKPOINT
+        if retry and DELETE_CHECKPOINT_CURSOR:
+            hook = DELETE_CHECKPOINT_CURSOR.copy()
+            DELETE_CHECKPOINT_CURSOR.clear()
+            request = hook["db"][store.QUEUES].find_one({"_id": hook["import_id"]})
+            cursor = request["checkpoint"]["cursor"]
+            client_for(hook["sandbox"]).v1.customers.delete(cursor)
+            hook["deleted"].append(cursor)
+        return super().client(
+            secret_key, stripe_account, stats=stats, before_request=before_request
+        )
+
+
 def contact_values(db) -> list[tuple]:
     return sorted(
         (c.get("stripe_customer_id"), c.get("email"), c.get("name"), str(c.get("address")))
@@ -294,6 +317,67 @@ def test_a_windowed_import_resumes_from_its_checkpoint(db, mongo_uri, stripe_san
         assert resumed[key] == clean[key], key
     assert resumed["records_updated"] == 0, "nothing written twice"
     assert contact_values(db) == contact_values(clean_db)
+
+
+# --- customers deleted while the walk lists them ---------------------------------------------
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_a_customer_deleted_after_its_page_was_listed_does_not_stop_the_walk(
+    stripe_sandbox, concurrency
+):
+    # Three customers a second, so the deleted one shares its second with others.
+    expected = add_customers_sharing_seconds(stripe_sandbox, 250, per_second=3)
+    client = client_for(stripe_sandbox)
+    raw, deleted = client.raw_request, []
+
+    def raw_request(method, path, **params):
+        response = raw(method, path, **params)
+        if not deleted and path == "/v1/customers":
+            # Someone deletes the page's last customer, the next page's cursor, meanwhile.
+            deleted.append(json.loads(response.body)["data"][-1]["id"])
+            client_for(stripe_sandbox).v1.customers.delete(deleted[0])
+        return response
+
+    client.raw_request = raw_request
+    settings = FetchSettings(concurrency=concurrency, fan_out_after_seconds=0, window_pages=1)
+    with customer_batches(client, created_lte=SNAPSHOT, settings=settings) as listing:
+        ids = listed_ids(list(listing))
+
+    assert ids == expected  # each once, in list order; the deleted one was listed before
+    refused = [r for r in listing_requests(stripe_sandbox) if r["status"] == 400]
+    assert [r["query"].get("starting_after") for r in refused] == deleted
+
+
+def test_an_import_resumed_after_a_deleted_customer_completes(
+    db, mongo_uri, stripe_sandbox, instance
+):
+    stripe_sandbox.state.seed_customers(700, seed=22, account=CONNECTED_ACCOUNT)
+    import_id = add_request(db, add_account(db), mappings={"name": "name"})
+    FAIL_AFTER_CHECKPOINT.update(sandbox=stripe_sandbox, db=db, import_id=import_id)
+    deleted: list[str] = []
+    DELETE_CHECKPOINT_CURSOR.update(
+        sandbox=stripe_sandbox, db=db, import_id=import_id, deleted=deleted
+    )
+
+    result = run_windowed_import(
+        mongo_uri,
+        stripe_sandbox,
+        import_id,
+        instance,
+        StripeDeletingTheCheckpointCursor(api_base=stripe_sandbox.url, max_retries=0),
+        write_batch_size=100,
+    )
+
+    assert result.success
+    assert any(e.event_type == DagsterEventType.STEP_UP_FOR_RETRY for e in result.all_events)
+    refused = [r for r in listing_requests(stripe_sandbox) if r["status"] == 400]
+    assert len(deleted) == 1
+    assert [r["query"].get("starting_after") for r in refused] == deleted
+    document = import_result(db, import_id)
+    assert document["status"] == "completed"
+    assert document["customers_fetched"] == 700
+    assert db[store.CONTACTS].count_documents({}) == document["records_added"] > 0
 
 
 # --- servers without the created filter ------------------------------------------------------
