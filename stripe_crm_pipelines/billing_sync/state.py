@@ -195,24 +195,28 @@ def parse_sync_state(document: Mapping[str, Any]) -> SyncState:
 
 
 def _parse_sync_state(document: Mapping[str, Any]) -> SyncState:
+    name = f"Sync state {document.get('_id')}"
     interval = document.get("sync_interval_seconds")
     if interval is not None and (
-        isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0
+        isinstance(interval, bool) or not isinstance(interval, int | float) or interval < 1
     ):
         raise InvalidSyncState(
-            f"Sync state {document.get('_id')}: sync_interval_seconds must be a positive number "
-            f"of seconds, not {interval!r}"
+            f"{name}: sync_interval_seconds must be a number of seconds, at least 1, not "
+            f"{interval!r}"
         )
+    if document.get("type") not in IMPORT_TYPES:
+        expected = " or ".join(repr(contact_type) for contact_type in IMPORT_TYPES)
+        raise InvalidSyncState(f"{name}: type must be {expected}, not {document.get('type')!r}")
+    for field_name in ("last_synced_at", "last_attempt_at", "last_full_import_at"):
+        value = document.get(field_name)
+        if value is not None and not isinstance(value, datetime):
+            raise InvalidSyncState(f"{name}: {field_name} must be a date, not {value!r}")
     enabled = document.get("enabled", True)
     if not isinstance(enabled, bool):
-        raise InvalidSyncState(
-            f"Sync state {document.get('_id')}: enabled must be true or false, not {enabled!r}"
-        )
+        raise InvalidSyncState(f"{name}: enabled must be true or false, not {enabled!r}")
     cursor = document["events_cursor"]
     if not isinstance(cursor, Mapping):
-        raise InvalidSyncState(
-            f"Sync state {document.get('_id')}: events_cursor must be a document, not {cursor!r}"
-        )
+        raise InvalidSyncState(f"{name}: events_cursor must be a document, not {cursor!r}")
     return SyncState(
         id=document["_id"],
         account_id=document["account_id"],

@@ -175,7 +175,12 @@ def run_sync(
         apply_changes(db, state, read.changes, outcome)
         finished = datetime.now(UTC)
         cursor = read.cursor or cursor_after_quiet_read(state.events_cursor, now)
+        # The result first: a retry after the cursor moved reads it back (finished_sync); one
+        # after a save but not the move re-applies events already applied, which changes nothing.
+        _count_requests(outcome, stats)
+        finish(db, outcome)
         advance_cursor(db, state.id, cursor, finished)
+        return outcome
     except StaleCursor as stale:
         outcome.status = "resync_queued"
         outcome.error = f"Events cursor is stale: {stale}"
@@ -192,15 +197,20 @@ def run_sync(
         outcome.error = f"Sync failed unexpectedly: {type(error).__name__}: {error}"
         outcome.failure = error
         record_sync_error(db, state.id, outcome.error, datetime.now(UTC))
-    outcome.stripe_requests = stats.requests
-    outcome.stripe_retries = stats.retries
+    _count_requests(outcome, stats)
     finish(db, outcome)
     return outcome
 
 
+def _count_requests(outcome: SyncOutcome, stats: RequestStats) -> None:
+    outcome.stripe_requests = stats.requests
+    outcome.stripe_retries = stats.retries
+
+
 def finished_sync(db, state: SyncState, run_id: str) -> SyncOutcome | None:
-    """The outcome an earlier attempt of run ``run_id`` saved once it had moved the cursor (or
-    queued a resync), read back from its result; None if no attempt got that far. A retry of the
+    """The outcome an earlier attempt of run ``run_id`` saved once it had written its changes
+    (just before moving the cursor) or queued a resync, read back from its result; None if no
+    attempt got that far. A retry of the
     run records that outcome rather than syncing again: the events are behind the cursor now,
     and a second pass would replace the result with an empty one. The customers it wrote are
     not in the result: the outcome is ``resumed``, without them."""

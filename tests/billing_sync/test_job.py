@@ -20,6 +20,7 @@ from pymongo.errors import AutoReconnect
 
 from stripe_crm_pipelines import catalog, store
 from stripe_crm_pipelines.billing_import import queue, tags
+from stripe_crm_pipelines.billing_sync import syncer
 from stripe_crm_pipelines.billing_sync.job import billing_contact_sync
 from stripe_crm_pipelines.billing_sync.sensor import billing_sync_sensor
 from stripe_crm_pipelines.billing_sync.state import (
@@ -317,7 +318,10 @@ def test_the_sensor_launches_due_syncs_tagged_like_imports(db, mongo_uri):
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("sync_interval_seconds", "10m", "sync_interval_seconds must be a positive number"),
+        ("sync_interval_seconds", "10m", "sync_interval_seconds must be a number of seconds"),
+        ("sync_interval_seconds", 0.5, "sync_interval_seconds must be a number of seconds"),
+        ("type", "contacts", "type must be 'person' or 'business', not 'contacts'"),
+        ("last_synced_at", "yesterday", "last_synced_at must be a date, not 'yesterday'"),
         ("enabled", "false", "enabled must be true or false, not 'false'"),
         ("events_cursor", None, "events_cursor must be a document, not None"),
         ("user_id", None, "field 'user_id' is missing"),
@@ -475,3 +479,30 @@ def test_a_retry_after_the_cursor_moved_records_the_sync_it_made_not_an_empty_on
     assert (saved["events_read"], saved["records_updated"]) == (1, 1)
     materialized = result.asset_materializations_for_node("sync_billing_contacts")
     assert [m.metadata["records_updated"].value for m in materialized] == [1]
+
+
+def test_a_result_that_could_not_be_saved_leaves_the_cursor_for_the_retry(
+    db, mongo_uri, sandbox, instance, stripe_client_factory, monkeypatch
+):
+    ada = sandbox.state.add_customer(CONNECTED_ACCOUNT, email="ada@example.com")
+    account_id = keep_in_sync(db, mongo_uri, sandbox, instance)
+    stripe_client_factory(CONNECTED_ACCOUNT).v1.customers.update(
+        ada["id"], params={"address": {"city": "Porto"}}
+    )
+    real, calls = syncer.finish, []
+
+    def fails_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise AutoReconnect("primary stepped down")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(syncer, "finish", fails_once)
+
+    result = run_sync_job(mongo_uri, sandbox, account_id, instance)
+
+    assert result.success
+    [saved] = db[store.IMPORT_RESULTS].find({"name": "stripe-sync", "run_id": result.run_id})
+    # The retry read the event again: the cursor had not moved without the result.
+    assert (saved["status"], saved["events_read"]) == ("completed", 1)
+    assert contact_of(db, ada["id"])["address"]["city"] == "Porto"
