@@ -65,7 +65,10 @@ class BatchRunConfig(Config):
                 f"import_ids: {', '.join(map(repr, malformed))} is not an _id of `queues` "
                 "(24 hexadecimal characters)"
             )
-        repeated = sorted({value for value in import_ids if import_ids.count(value) > 1})
+        ids = [ObjectId(value) for value in import_ids]
+        repeated = sorted(
+            {value for value, id_ in zip(import_ids, ids, strict=True) if ids.count(id_) > 1}
+        )
         if repeated:
             raise ValueError(f"import_ids: {', '.join(map(repr, repeated))} given more than once")
         return import_ids

@@ -50,7 +50,7 @@ def who_else_works_on(
     ``request_id``, or None; another request of the account in the same batch counts."""
     others = queue.others_working_on(db, account_id, run_id, request_id)
     if others:
-        return f"import {others[0]} (claimed too)"
+        return f"import {others[0]} (claimed by another run, or by another import of this run)"
     stripe_account = connected_accounts_of(db, [account_id]).get(account_id)
     if stripe_account:
         for run in running_runs_of(instance, stripe_account, run_id):

@@ -257,8 +257,8 @@ def complete(
     """Record a finished import's ``completed`` result and close its request ``completed``.
 
     A request the CRM set to ``cancelled`` after the last batch boundary, when every customer
-    was written, is completed all the same, with :data:`CANCELLED_TOO_LATE` as the ``note`` of
-    the request and the result.
+    was written, is completed all the same, with :data:`CANCELLED_TOO_LATE` (a dry run:
+    :data:`DRY_RUN_CANCELLED_TOO_LATE`) as the ``note`` of the request and the result.
 
     Returns the result's id and whether the request was closed; ``(None, False)`` when the run
     no longer holds it (recovery queued it again or closed it): the request is left unchanged
@@ -280,7 +280,7 @@ def complete(
             },
             "$unset": {"error": "", "resume_from": ""},
         },
-        projection={"status": 1, "note": 1},
+        projection={"status": 1, "note": 1, "dry_run": 1},
     )
     if before is None:
         return None, False
@@ -288,9 +288,9 @@ def complete(
     note = before.get("note")
     if before.get("status") == CANCELLED:
         # The CRM asked to cancel after the last batch boundary: everything was written.
-        note = CANCELLED_TOO_LATE
+        note = DRY_RUN_CANCELLED_TOO_LATE if before.get("dry_run") else CANCELLED_TOO_LATE
         db[store.QUEUES].update_one({"_id": import_id}, {"$set": {"note": note}})
-    if note == CANCELLED_TOO_LATE:
+    if note in (CANCELLED_TOO_LATE, DRY_RUN_CANCELLED_TOO_LATE):
         document["note"] = note
     result_id = _record_result(db, {"_id": import_id, "claimed_by_run": run_id}, document)
     return result_id, True
@@ -300,6 +300,9 @@ CANCELLED_TOO_LATE = (
     "Cancel requested after every customer was written: the import completed; revert it to undo"
 )
 """The ``note`` of a request (and its result) cancelled after its import's last write."""
+DRY_RUN_CANCELLED_TOO_LATE = (
+    "Cancel requested after the dry run had planned every customer: it completed, writing nothing"
+)
 
 
 def close(

@@ -266,8 +266,15 @@ def plan_revert(
     for contact_id, paths in touched.items():
         if contact_id in working:
             update = _restoring_update(working[contact_id], paths)
-            as_read = {path: _read(originals[contact_id], path)[1] for path in paths}
-            plan.operations.append(UpdateOne({"_id": contact_id, **as_read}, update))
+            # Exact equality ($expr): a query's {path: value} would also match an array
+            # holding value, or a missing field for None.
+            as_read = [
+                {"$eq": [f"${path}", {"$literal": _read(originals[contact_id], path)[1]}]}
+                for path in sorted(paths)
+            ]
+            plan.operations.append(
+                UpdateOne({"_id": contact_id, "$expr": {"$and": as_read}}, update)
+            )
             plan.contact_ids.append(contact_id)
             plan.fields.append(len(paths))
             plan.expected.append(_written_values(update))

@@ -375,26 +375,22 @@ def test_requests_a_dead_batch_run_held_are_all_queued_again(db, mongo_uri, sand
 
 
 @pytest.mark.parametrize(
-    ("other", "message"),
+    ("second", "message"),
     [
-        ("6b11-nope", "import_ids: '6b11-nope' is not an _id of `queues`"),
-        (None, "import_ids: '{import_id}' given more than once"),
+        (lambda _: "6b11-nope", "import_ids: '6b11-nope' is not an _id of `queues`"),
+        (str, "import_ids: '{import_id}' given more than once"),
+        (lambda import_id: str(import_id).upper(), "given more than once"),
     ],
-    ids=["malformed", "repeated"],
+    ids=["malformed", "repeated", "repeated-in-capitals"],
 )
 def test_a_batch_launched_with_a_bad_id_list_fails_naming_it_and_claims_nothing(
-    db, mongo_uri, sandbox, instance, other, message
+    db, mongo_uri, sandbox, instance, second, message
 ):
     [(_, import_id, _)] = small_accounts(db, sandbox, [3])
+    import_ids = [str(import_id), second(import_id)]
 
     result = billing_import_batch.execute_in_process(
-        run_config={
-            "ops": {
-                "import_requests": {
-                    "config": {"import_ids": [str(import_id), other or str(import_id)]}
-                }
-            }
-        },
+        run_config={"ops": {"import_requests": {"config": {"import_ids": import_ids}}}},
         resources={
             "mongo": MongoResource(uri=mongo_uri),
             "stripe": StripeResource(api_base=sandbox.url),
@@ -447,7 +443,7 @@ def test_a_batch_given_two_requests_of_one_account_never_imports_both_at_once(
         if request["status"] != "completed":
             # Stepped back untouched, for a later run.
             assert (request["status"], request["in_progress"]) == ("pending", False)
-            assert "claimed too" in request["last_released"]["reason"]
+            assert "claimed by another run, or by" in request["last_released"]["reason"]
             assert db[store.IMPORT_CHANGES].count_documents({"import_id": request["_id"]}) == 0
 
 

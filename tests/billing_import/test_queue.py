@@ -183,7 +183,15 @@ def test_complete_records_the_result_and_closes_the_request_once(db, held):
     assert import_result(db, held)["records_added"] == 3
 
 
-def test_a_cancel_asked_after_the_last_write_completes_with_a_note_saying_so(db, held):
+@pytest.mark.parametrize(
+    ("dry_run", "note"),
+    [(False, queue.CANCELLED_TOO_LATE), (True, queue.DRY_RUN_CANCELLED_TOO_LATE)],
+    ids=["import", "dry-run"],
+)
+def test_a_cancel_asked_after_the_last_write_completes_with_a_note_saying_so(
+    db, held, dry_run, note
+):
+    db[store.QUEUES].update_one({"_id": held}, {"$set": {"dry_run": dry_run}})
     # The CRM cancels after the import's last batch boundary, before it records its result.
     db[store.QUEUES].update_one({"_id": held}, {"$set": {"status": "cancelled"}})
     outcome = outcome_of(held, records_added=3)
@@ -194,9 +202,9 @@ def test_a_cancel_asked_after_the_last_write_completes_with_a_note_saying_so(db,
 
     request = request_of(db, held)
     assert closed and (request["status"], request["in_progress"]) == ("completed", False)
-    assert request["note"] == queue.CANCELLED_TOO_LATE
+    assert request["note"] == note
     result = import_result(db, held)
-    assert (result["records_added"], result["note"]) == (3, queue.CANCELLED_TOO_LATE)
+    assert (result["records_added"], result["note"]) == (3, note)
 
 
 def test_complete_by_a_run_that_lost_the_claim_leaves_the_request(db, held):
@@ -293,3 +301,19 @@ def test_held_requests_are_ours_only(db, held):
     assert queue.request_held_by(db, "r1").import_id == held
     assert queue.request_held_by(db, "r2") is None
     assert request_of(db, legacy)["in_progress"] is True
+
+
+def test_others_working_on_an_account_include_a_second_claim_of_the_same_run(db):
+    account_id = add_account(db)
+    first, second = add_request(db, account_id), add_request(db, account_id)
+    queue.claim(db, first, "batch", NOW)
+
+    # A sync (holding no request) or a run of its own sees the batch's claim.
+    assert queue.others_working_on(db, account_id, "sync-run") == [first]
+    # Alone, the batch's import of the account sees nobody else.
+    assert queue.others_working_on(db, account_id, "batch", first) == []
+
+    queue.claim(db, second, "batch", NOW)
+    assert queue.others_working_on(db, account_id, "batch", first) == [second]
+    assert queue.others_working_on(db, account_id, "batch", second) == [first]
+    assert queue.others_working_on(db, account_id, "batch") == []

@@ -194,8 +194,11 @@ def test_a_later_import_that_changed_nothing_does_not_block_the_revert(
         }
 
 
+@pytest.mark.parametrize(
+    "company", ["Ann Corp", ["Ann", "Ann Corp"]], ids=["other-value", "array-holding-the-value"]
+)
 def test_contacts_changed_between_the_reverts_read_and_its_write_are_left_as_changed(
-    db, mongo_uri, instance, imported, monkeypatch
+    db, mongo_uri, instance, imported, monkeypatch, company
 ):
     import_id, _ = imported
     contacts = db[store.CONTACTS]
@@ -204,7 +207,7 @@ def test_contacts_changed_between_the_reverts_read_and_its_write_are_left_as_cha
     def plan_then_someone_writes(entries, current, later):
         plan = plan_revert(entries, current, later)
         # A person (or an import or sync of the account) edits two contacts right now.
-        contacts.update_one({"stripe_customer_id": "cus_a"}, {"$set": {"company": "Ann Corp"}})
+        contacts.update_one({"stripe_customer_id": "cus_a"}, {"$set": {"company": company}})
         contacts.update_one({"stripe_customer_id": "cus_new"}, {"$set": {"phone": "555-0100"}})
         return plan
 
@@ -212,7 +215,7 @@ def test_contacts_changed_between_the_reverts_read_and_its_write_are_left_as_cha
 
     assert run_revert(mongo_uri, import_id, instance).success
 
-    assert contacts.find_one({"stripe_customer_id": "cus_a"})["company"] == "Ann Corp"
+    assert contacts.find_one({"stripe_customer_id": "cus_a"})["company"] == company
     assert contacts.find_one({"stripe_customer_id": "cus_new"})["phone"] == "555-0100"
     document = revert_result(db, import_id)
     assert (document["records_removed"], document["records_restored"]) == (1, 1)
