@@ -36,14 +36,14 @@ already hold a customer's Stripe id.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from bson import ObjectId
 from pymongo import UpdateOne
-from pymongo.errors import BulkWriteError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from stripe_crm_pipelines.billing_import.mapping import (
     FieldMapping,
@@ -331,7 +331,11 @@ def find_existing_contacts(
     """
     customer_ids = [customer["id"] for customer in customers if customer.get("id")]
     email_keys = sorted(
-        {key for customer in customers if (key := normalize_email(customer.get("email")))}
+        {
+            key
+            for customer in customers
+            if (key := normalize_email(_matched_email(customer, target)))
+        }
     )
     alternatives: list[dict[str, Any]] = []
     if customer_ids:
@@ -345,9 +349,48 @@ def find_existing_contacts(
             {"parent_account": target.account_id, "$or": alternatives}, _projection(target)
         )
     )
+    _rekey_stale(contacts, found, target)
     if seen is not None and seen.unkeyed:
         found.extend(seen.unkeyed[key] for key in email_keys if key in seen.unkeyed)
     return found
+
+
+def _matched_email(customer: Mapping[str, Any], target: UpsertTarget) -> Any:
+    """The email a customer is matched by: the value mapped onto the contact's ``email`` when a
+    mapping writes it (as planning uses), else the customer's own."""
+    if not any(mapping.crm_path == ("email",) for mapping in target.mappings):
+        return customer.get("email")
+    try:
+        return map_customer(customer, target.mappings)["email"]
+    except Exception:  # planning reports the mapping error for this customer
+        return customer.get("email")
+
+
+def _rekey_stale(contacts, found: list[dict[str, Any]], target: UpsertTarget) -> None:
+    """Contacts whose email was edited since they got their key (the CRM does not keep
+    ``email_key``) must not match by the old email: give them the key of their email now, or
+    none if another contact holds it (a dry run only corrects what it read)."""
+    stale = [
+        contact
+        for contact in found
+        if contact.get("type") == target.contact_type
+        and isinstance(contact.get("email_key"), str)
+        and normalize_email(contact.get("email")) != contact["email_key"]
+    ]
+    if not stale:
+        return
+    for contact in stale:
+        old, contact["email_key"] = contact["email_key"], normalize_email(contact.get("email"))
+        if target.dry_run:
+            continue
+        key = contact["email_key"]
+        update = {"$set": {"email_key": key}} if key else {"$unset": {"email_key": ""}}
+        try:
+            contacts.update_one({"_id": contact["_id"], "email_key": old}, update)
+        except DuplicateKeyError:
+            # Another contact has that email: this one matches by its Stripe id only.
+            contacts.update_one({"_id": contact["_id"]}, {"$unset": {"email_key": ""}})
+            contact["email_key"] = None
 
 
 def plan_upserts(
@@ -536,13 +579,12 @@ def backfill_email_keys(
     would do and keeps those contacts in ``seen`` so they still match by email.
     """
     projection = _projection(target) if target.dry_run else {"_id": 1, "email": 1}
-    cursor = contacts.find(
-        {**target.scope(), "email": {"$type": "string"}, "email_key": None}, projection
-    )
     updated = conflicts = 0
     batch: list[UpdateOne] = []
     would_key = seen.unkeyed if seen is not None else {}
-    for contact in cursor:
+    for contact in _pages(
+        contacts, {**target.scope(), "email": {"$type": "string"}, "email_key": None}, projection
+    ):
         email_key = normalize_email(contact["email"])
         if email_key is None:
             continue
@@ -563,6 +605,21 @@ def backfill_email_keys(
         done, failed = _write_backfill(contacts, batch)
         updated, conflicts = updated + done, conflicts + failed
     return BackfillResult(updated=updated, conflicts=conflicts)
+
+
+def _pages(contacts, query: dict[str, Any], projection: dict[str, int]) -> Iterator[dict]:
+    """The documents of ``query`` in ``_id`` order, :data:`BACKFILL_BATCH_SIZE` a read, so
+    memory does not grow with the account (a retried read holds its whole answer)."""
+    after: ObjectId | None = None
+    while True:
+        page_query = query if after is None else {**query, "_id": {"$gt": after}}
+        page = list(
+            contacts.find(page_query, projection, sort=[("_id", 1)], limit=BACKFILL_BATCH_SIZE)
+        )
+        yield from page
+        if len(page) < BACKFILL_BATCH_SIZE:
+            return
+        after = page[-1]["_id"]
 
 
 def _write_backfill(contacts, batch: list[UpdateOne]) -> tuple[int, int]:

@@ -473,9 +473,71 @@ def test_backfill_writes_in_batches_and_counts_conflicts_across_them(contacts, m
     backfill = backfill_email_keys(counting, target)
 
     assert (backfill.updated, backfill.conflicts) == (4, 1)
-    assert counting.calls == ["find", "bulk_write", "bulk_write", "bulk_write"]
+    # One read a batch: memory does not grow with the account.
+    assert counting.calls == ["find", "bulk_write"] * 3
     keys = [c.get("email_key") for c in contacts.find(target.scope())]
     assert sorted(k for k in keys if k) == [f"c{n}@example.com" for n in range(4)]
+
+
+def test_a_contact_whose_email_the_crm_changed_matches_by_its_email_now(contacts):
+    target = make_target(mappings={"name": "name"})
+    upsert_customers(
+        contacts, [customer("cus_1", "old@example.com", name="A")], target, SeenCustomers()
+    )
+    edited = contacts.find_one({"stripe_customer_id": "cus_1"})["_id"]
+    # The CRM, which knows nothing of email_key, changes the contact's email.
+    contacts.update_one({"_id": edited}, {"$set": {"email": "new@example.com"}})
+
+    upsert_customers(
+        contacts,
+        [customer("cus_2", "New@Example.com", name="B"), customer("cus_3", "old@example.com")],
+        target,
+        SeenCustomers(),
+    )
+
+    contact = contacts.find_one({"_id": edited})
+    assert (contact["stripe_customer_id"], contact["email_key"]) == ("cus_2", "new@example.com")
+    # The customer with the email the contact no longer has gets a contact of its own.
+    added = contacts.find_one({"stripe_customer_id": "cus_3"})
+    assert added["_id"] != edited and added["email_key"] == "old@example.com"
+
+
+def test_a_customer_with_a_contacts_former_email_does_not_take_the_contact_over(contacts):
+    target = make_target(mappings={"name": "name"})
+    upsert_customers(
+        contacts, [customer("cus_1", "old@example.com", name="A")], target, SeenCustomers()
+    )
+    contacts.update_one({"stripe_customer_id": "cus_1"}, {"$set": {"email": "new@example.com"}})
+    # Another contact holds the new email already: the edited one keeps no key.
+    contacts.insert_one(
+        {**target.scope(), "email": "new@example.com", "email_key": "new@example.com"}
+    )
+
+    upsert_customers(contacts, [customer("cus_3", "old@example.com")], target, SeenCustomers())
+
+    edited = contacts.find_one({"stripe_customer_id": "cus_1"})
+    assert edited["email"] == "new@example.com" and "email_key" not in edited
+    assert contacts.find_one({"stripe_customer_id": "cus_3"})["_id"] != edited["_id"]
+
+
+def test_a_contact_matched_by_a_mapped_email_is_updated_with_its_values_logged(db, contacts):
+    target = make_target(mappings={"metadata-work_email": "email", "name": "name"})
+    target = UpsertTarget(**{**vars(target), "import_id": ObjectId()})
+    existing = contacts.insert_one(
+        {**target.scope(), "email": "work@example.com", "email_key": "work@example.com",
+         "name": "Old"}
+    ).inserted_id  # fmt: skip
+    paid = customer(
+        "cus_1", "home@example.com", name="New", metadata={"work_email": "work@example.com"}
+    )
+
+    result = upsert_customers(contacts, [paid], target, SeenCustomers(), db[store.IMPORT_CHANGES])
+
+    assert (result.updated, result.added) == (1, 0)
+    contact = contacts.find_one({"_id": existing})
+    assert contact["name"] == "New" and contact["old_field_values"]["name"] == "Old"
+    [entry] = db[store.IMPORT_CHANGES].find()
+    assert (entry["action"], entry["contact_id"]) == ("update", existing)
 
 
 # --- dry runs and the change log ----------------------------------------------------------------
