@@ -613,13 +613,15 @@ def _pages(contacts, query: dict[str, Any], projection: dict[str, int]) -> Itera
     after: ObjectId | None = None
     while True:
         page_query = query if after is None else {**query, "_id": {"$gt": after}}
+        # One more than a page: the last read is the one that finds nothing after it, without
+        # a read of its own when the account has exactly a page.
         page = list(
-            contacts.find(page_query, projection, sort=[("_id", 1)], limit=BACKFILL_BATCH_SIZE)
+            contacts.find(page_query, projection, sort=[("_id", 1)], limit=BACKFILL_BATCH_SIZE + 1)
         )
-        yield from page
-        if len(page) < BACKFILL_BATCH_SIZE:
+        yield from page[:BACKFILL_BATCH_SIZE]
+        if len(page) <= BACKFILL_BATCH_SIZE:
             return
-        after = page[-1]["_id"]
+        after = page[BACKFILL_BATCH_SIZE - 1]["_id"]
 
 
 def _write_backfill(contacts, batch: list[UpdateOne]) -> tuple[int, int]:
