@@ -204,6 +204,23 @@ class StripeDeletingTheCheckpointCursor(StripeFailingAfterCheckpoint):
         )
 
 
+def run_failing_after_checkpoint(db, mongo_uri, sandbox, instance, import_id, resource_class):
+    """A windowed import whose first attempt fails after its first checkpoint, so that the op's
+    retry resumes from it; the run, checked to have succeeded after that retry."""
+    FAIL_AFTER_CHECKPOINT.update(sandbox=sandbox, db=db, import_id=import_id)
+    result = run_windowed_import(
+        mongo_uri,
+        sandbox,
+        import_id,
+        instance,
+        resource_class(api_base=sandbox.url, max_retries=0),
+        write_batch_size=100,
+    )
+    assert result.success
+    assert any(e.event_type == DagsterEventType.STEP_UP_FOR_RETRY for e in result.all_events)
+    return result
+
+
 def contact_values(db) -> list[tuple]:
     return sorted(
         (c.get("stripe_customer_id"), c.get("email"), c.get("name"), str(c.get("address")))
@@ -296,18 +313,10 @@ def test_a_windowed_import_resumes_from_its_checkpoint(db, mongo_uri, stripe_san
     assert run_windowed_import(clean_uri, stripe_sandbox, clean_id, instance).success
 
     import_id = add_request(db, add_account(db), mappings={"name": "name"})
-    FAIL_AFTER_CHECKPOINT.update(sandbox=stripe_sandbox, db=db, import_id=import_id)
-    result = run_windowed_import(
-        mongo_uri,
-        stripe_sandbox,
-        import_id,
-        instance,
-        StripeFailingAfterCheckpoint(api_base=stripe_sandbox.url, max_retries=0),
-        write_batch_size=100,
+    result = run_failing_after_checkpoint(
+        db, mongo_uri, stripe_sandbox, instance, import_id, StripeFailingAfterCheckpoint
     )
 
-    assert result.success
-    assert any(e.event_type == DagsterEventType.STEP_UP_FOR_RETRY for e in result.all_events)
     assert any(
         "Resuming after page" in (entry.user_message or "")
         for entry in instance.all_logs(result.run_id)
@@ -354,23 +363,15 @@ def test_an_import_resumed_after_a_deleted_customer_completes(
 ):
     stripe_sandbox.state.seed_customers(700, seed=22, account=CONNECTED_ACCOUNT)
     import_id = add_request(db, add_account(db), mappings={"name": "name"})
-    FAIL_AFTER_CHECKPOINT.update(sandbox=stripe_sandbox, db=db, import_id=import_id)
     deleted: list[str] = []
     DELETE_CHECKPOINT_CURSOR.update(
         sandbox=stripe_sandbox, db=db, import_id=import_id, deleted=deleted
     )
 
-    result = run_windowed_import(
-        mongo_uri,
-        stripe_sandbox,
-        import_id,
-        instance,
-        StripeDeletingTheCheckpointCursor(api_base=stripe_sandbox.url, max_retries=0),
-        write_batch_size=100,
+    run_failing_after_checkpoint(
+        db, mongo_uri, stripe_sandbox, instance, import_id, StripeDeletingTheCheckpointCursor
     )
 
-    assert result.success
-    assert any(e.event_type == DagsterEventType.STEP_UP_FOR_RETRY for e in result.all_events)
     refused = [r for r in listing_requests(stripe_sandbox) if r["status"] == 400]
     assert len(deleted) == 1
     assert [r["query"].get("starting_after") for r in refused] == deleted

@@ -51,6 +51,21 @@ from tests.billing_import.test_job import (
 from tests.billing_sync.test_syncer import contact_of, keep_in_sync
 
 
+def fail_first_call(monkeypatch, module, name: str) -> list[int]:
+    """Make ``module.name`` raise AutoReconnect (a store stepping down) on its first call only;
+    the list of calls made."""
+    real, calls = getattr(module, name), []
+
+    def fails_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise AutoReconnect("primary stepped down")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, fails_once)
+    return calls
+
+
 def run_sync_job(mongo_uri, sandbox, account_id, instance, import_type="contacts"):
     return billing_contact_sync.execute_in_process(
         run_config={
@@ -457,17 +472,8 @@ def test_a_retry_after_the_cursor_moved_records_the_sync_it_made_not_an_empty_on
     stripe_client_factory(CONNECTED_ACCOUNT).v1.customers.update(
         ada["id"], params={"address": {"city": "Porto"}}
     )
-    real = catalog.uniqueness_checks
-    calls = []
-
-    def fails_once(*args, **kwargs):
-        # The store steps down while the run records its partition, after the cursor moved.
-        calls.append(1)
-        if len(calls) == 1:
-            raise AutoReconnect("primary stepped down")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(catalog, "uniqueness_checks", fails_once)
+    # The store steps down while the run records its partition, after the cursor moved.
+    calls = fail_first_call(monkeypatch, catalog, "uniqueness_checks")
 
     result = run_sync_job(mongo_uri, sandbox, account_id, instance)
 
@@ -489,15 +495,7 @@ def test_a_result_that_could_not_be_saved_leaves_the_cursor_for_the_retry(
     stripe_client_factory(CONNECTED_ACCOUNT).v1.customers.update(
         ada["id"], params={"address": {"city": "Porto"}}
     )
-    real, calls = syncer.finish, []
-
-    def fails_once(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 1:
-            raise AutoReconnect("primary stepped down")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(syncer, "finish", fails_once)
+    fail_first_call(monkeypatch, syncer, "finish")
 
     result = run_sync_job(mongo_uri, sandbox, account_id, instance)
 

@@ -601,16 +601,22 @@ def test_one_state_per_account_and_type_is_enforced_by_an_index(db):
     assert index["unique"] and list(index["key"]) == ["account_id", "type"]
 
 
+def archived_contact(db, mongo_uri, sandbox, instance, editor) -> tuple[ObjectId, ObjectId]:
+    """An account kept in sync with the archive policy whose one customer, shared@example.com,
+    was deleted and its contact archived: (account id, contact id)."""
+    gone = sandbox.state.add_customer(CONNECTED_ACCOUNT, email="shared@example.com")
+    account_id = keep_in_sync(db, mongo_uri, sandbox, instance, deletion_policy="archive")
+    editor.v1.customers.delete(gone["id"])
+    sync(db, sandbox, account_id)
+    assert contact_of(db, gone["id"])["stripe_deleted"] is True
+    return account_id, contact_of(db, gone["id"])["_id"]
+
+
 def test_an_archived_contact_taken_by_a_new_customer_with_its_email_is_live_again(
     db, mongo_uri, sandbox, instance, stripe_client_factory
 ):
-    gone = sandbox.state.add_customer(CONNECTED_ACCOUNT, email="shared@example.com")
-    account_id = keep_in_sync(db, mongo_uri, sandbox, instance, deletion_policy="archive")
     editor = sandbox_client(stripe_client_factory)
-    editor.v1.customers.delete(gone["id"])
-    sync(db, sandbox, account_id)
-    contact_id = contact_of(db, gone["id"])["_id"]
-    assert contact_of(db, gone["id"])["stripe_deleted"] is True
+    account_id, contact_id = archived_contact(db, mongo_uri, sandbox, instance, editor)
 
     successor = editor.v1.customers.create(params={"email": "Shared@example.com"})
     sync(db, sandbox, account_id)
@@ -623,12 +629,8 @@ def test_an_archived_contact_taken_by_a_new_customer_with_its_email_is_live_agai
 def test_a_full_import_that_writes_an_archived_contact_makes_it_live_again(
     db, mongo_uri, sandbox, instance, stripe_client_factory
 ):
-    gone = sandbox.state.add_customer(CONNECTED_ACCOUNT, email="shared@example.com")
-    account_id = keep_in_sync(db, mongo_uri, sandbox, instance, deletion_policy="archive")
     editor = sandbox_client(stripe_client_factory)
-    editor.v1.customers.delete(gone["id"])
-    sync(db, sandbox, account_id)
-    contact_id = contact_of(db, gone["id"])["_id"]
+    account_id, contact_id = archived_contact(db, mongo_uri, sandbox, instance, editor)
     successor = editor.v1.customers.create(params={"email": "shared@example.com"})
 
     # The account is imported again (as the resync of a stale cursor does) before a sync.
