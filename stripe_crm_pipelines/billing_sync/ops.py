@@ -50,10 +50,10 @@ from stripe_crm_pipelines.stripe_keys import (
 SYNC_RETRY_POLICY = RetryPolicy(
     max_retries=2, delay=2, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
 )
-"""Retries after a transient Stripe or MongoDB failure. Before the cursor moved, a retry reads
-the same events and re-applies what was already written without change; after (recording the
-run in the catalog failed), it records the outcome the earlier attempt saved
-(:func:`~stripe_crm_pipelines.billing_sync.syncer.finished_sync`)."""
+"""Retries after a transient Stripe or MongoDB failure. Before the sync saved its result, a
+retry reads the same events and re-applies what was already written without change; after
+(moving the cursor or recording the run in the catalog failed), it records the outcome the
+earlier attempt saved (:func:`~stripe_crm_pipelines.billing_sync.syncer.finished_sync`)."""
 
 
 class SyncRunConfig(Config):
@@ -106,7 +106,7 @@ def sync_billing_contacts(
     if outcome is not None:
         context.log.info(
             f"Attempt {context.retry_number + 1}: an earlier attempt of this run synced account "
-            f"{account_id} and moved its cursor; recording that sync in the catalog"
+            f"{account_id} and saved its result; recording that sync in the catalog"
         )
     else:
         outcome = _sync(context, config, db, state, stripe)
