@@ -60,6 +60,9 @@ PREVIEW_SIZE = 50
 """Planned changes a dry run shows, across the whole import."""
 BACKFILL_BATCH_SIZE = 5000
 """Contacts given their email key per bulk write."""
+BACKFILL_READ_SIZE = 50_000
+"""Contacts the email-key backfill reads at once (an id and an email each: a few MB), so memory
+does not grow with the account; each read is one query of the account's unkeyed contacts."""
 BOOKKEEPING_FIELDS = frozenset({"email_key", "old_field_values"})
 """Fields the import keeps for itself: logged for a revert, left out of the preview."""
 
@@ -608,20 +611,19 @@ def backfill_email_keys(
 
 
 def _pages(contacts, query: dict[str, Any], projection: dict[str, int]) -> Iterator[dict]:
-    """The documents of ``query`` in ``_id`` order, :data:`BACKFILL_BATCH_SIZE` a read, so
+    """The documents of ``query`` in ``_id`` order, :data:`BACKFILL_READ_SIZE` a read, so
     memory does not grow with the account (a retried read holds its whole answer)."""
     after: ObjectId | None = None
+    size = BACKFILL_READ_SIZE
     while True:
         page_query = query if after is None else {**query, "_id": {"$gt": after}}
         # One more than a page: the last read is the one that finds nothing after it, without
         # a read of its own when the account has exactly a page.
-        page = list(
-            contacts.find(page_query, projection, sort=[("_id", 1)], limit=BACKFILL_BATCH_SIZE + 1)
-        )
-        yield from page[:BACKFILL_BATCH_SIZE]
-        if len(page) <= BACKFILL_BATCH_SIZE:
+        page = list(contacts.find(page_query, projection, sort=[("_id", 1)], limit=size + 1))
+        yield from page[:size]
+        if len(page) <= size:
             return
-        after = page[BACKFILL_BATCH_SIZE - 1]["_id"]
+        after = page[size - 1]["_id"]
 
 
 def _write_backfill(contacts, batch: list[UpdateOne]) -> tuple[int, int]:

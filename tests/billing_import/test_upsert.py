@@ -463,6 +463,7 @@ def test_backfill_gives_other_tools_contacts_an_email_key(contacts):
 
 def test_backfill_writes_in_batches_and_counts_conflicts_across_them(contacts, monkeypatch):
     monkeypatch.setattr(upsert, "BACKFILL_BATCH_SIZE", 2)
+    monkeypatch.setattr(upsert, "BACKFILL_READ_SIZE", 2)
     target = make_target()
     contacts.insert_many(
         [{**target.scope(), "email": f"c{n}@example.com"} for n in range(4)]
